@@ -1,0 +1,34 @@
+"""lvq — lattice and additive vector quantization of LLM weights, with fair scalar baselines.
+
+Public API (the dashboard, the CLI and the tests use only this)::
+
+    q = lvq.quantize_layer(W, H, lvq.GLVQConfig(bits=2.0))     # one matrix
+    model, tok = lvq.load_model("smollm2-135m")
+    result = lvq.quantize_model(model, tok, cfg, calib=lvq.CalibConfig(), progress=cb)
+    lvq.perplexity(model, tok, lvq.eval_text("wiki-bundled"), seqlen=512)
+    lvq.save_run(result, "runs/x");  model, tok, report = lvq.load_run("runs/x")
+"""
+from .chat import chat_stream
+from .config import AQLMConfig, CalibConfig, CRVQConfig, GLVQConfig, GPTQConfig, RTNConfig, config_from_dict
+from .data import calibration_text, corpus_split, eval_text, list_corpora, read_text_file
+from .errors import Cancelled, LvqError
+from .eval import perplexity
+from .methods import Method, get_method, method_names, quantize_layer
+from .models import list_models, load_model
+from .pipeline import QuantizeResult, estimate_size, model_size, quantize_model
+from .qlinear import QuantizedLinear
+from .qweight import QuantizedWeight, layer_objective, relative_error
+from .report import Report
+from .runs import list_runs, load_layer, load_run, read_run_info, save_run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AQLMConfig", "CRVQConfig", "CalibConfig", "Cancelled", "GLVQConfig", "GPTQConfig", "LvqError",
+    "Method", "QuantizeResult", "QuantizedLinear", "QuantizedWeight", "RTNConfig", "Report",
+    "calibration_text", "chat_stream", "config_from_dict", "corpus_split", "estimate_size",
+    "eval_text", "get_method", "layer_objective", "list_corpora", "list_models", "list_runs",
+    "load_layer", "load_model", "load_run", "method_names", "model_size", "perplexity",
+    "quantize_layer", "quantize_model", "read_run_info", "read_text_file", "relative_error",
+    "save_run",
+]

@@ -1,0 +1,58 @@
+"""Streamed chat generation with a model's chat template (used by the CLI and the dashboard)."""
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import torch
+
+
+def _prompt_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        return ids
+    text = "\n".join(m["content"] for m in messages) + "\n"  # base models: plain continuation
+    return tokenizer(text, return_tensors="pt")["input_ids"]
+
+
+def chat_stream(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 128,
+                temperature: float = 0.7, top_p: float = 0.9, stop: threading.Event | None = None,
+                seed: int | None = 0) -> Iterator[str]:
+    """Yield the growing reply text, one token at a time. ``stop`` ends generation early."""
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return bool(stop is not None and stop.is_set())
+
+    device = next(model.parameters()).device
+    ids = _prompt_ids(tokenizer, messages).to(device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    sample = temperature > 0
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                  do_sample=sample, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Stop()]),
+                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    if sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as e:  # surfaced in the consumer thread below
+            errors.append(e)
+            streamer.end()
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text
+    t.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,2 @@
+"""Placeholder until the CRVQ implementation lands: registers no method yet."""
+METHOD_ENTRIES: list = []

@@ -1,0 +1,256 @@
+"""Saved runs: a folder that rebuilds the quantized model exactly. No pickle anywhere.
+
+Layout of ``runs/<name>/``::
+
+    run.json            format tag and version, method config, calibration protocol, model source,
+                        library versions, metrics, and for every quantized linear its method and
+                        JSON metadata; written last
+    model.safetensors   the quantized linears' stored tensors (packed codes, scales, lattices,
+                        codebooks, ...) and every unquantized tensor (fp32, for exact reloads)
+    config.json, tokenizer files   the Hugging Face model config and tokenizer
+    report/*.csv        the per-layer report tables (for plots)
+
+Writing is atomic: everything goes to a hidden temporary folder beside the target, which is
+renamed into place only when complete, so a cancelled or crashed save never leaves a folder
+that looks like a run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import LvqError
+from .qlinear import QuantizedLinear
+from .report import Report
+
+FORMAT = "lvq-run"
+VERSION = 1
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from . import __version__
+    return {"lvq": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
+             overwrite: bool = False) -> Path:
+    """Write ``result`` (a QuantizeResult) to ``run_dir`` atomically. Returns the folder."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise LvqError(f"{run_dir} already exists; choose another name or pass overwrite=True")
+    model, tok = result.model, result.tokenizer
+    layers: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    skip: set[str] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantizedLinear):
+            layers[name] = {"method": mod.method, "weight_cls": mod.weight_cls.__name__,
+                            "meta": mod.meta, "bias": mod.bias is not None,
+                            "state_names": mod.state_names}
+    # Tied parameters (lm_head = embeddings) are stored once.
+    seen: dict[int, str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.data_ptr(), t.numel()) if t.numel() else None
+        if key is not None and key in seen:
+            skip.add(name)
+            continue
+        if key is not None:
+            seen[key] = name
+        tensors[name] = t.detach().cpu().contiguous()
+    info = {
+        "format": FORMAT, "version": VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": {"source": result.model_name, "architecture": type(model).__name__},
+        "method": result.config.to_dict(),
+        "calib": result.calib.to_dict(),
+        "versions": _versions(),
+        "metrics": {**result.metrics, **(metrics or {})},
+        "tied": sorted(skip),
+        "layers": layers,
+    }
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        info["files"] = {"model.safetensors": {"bytes": (tmp / "model.safetensors").stat().st_size,
+                                               "sha256": _sha256(tmp / "model.safetensors")}}
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(_json_safe(config), indent=2))
+        tok.save_pretrained(tmp)
+        result.report.save(tmp / "report")
+        (tmp / "run.json").write_text(json.dumps(_json_safe(info), indent=2))
+        if run_dir.exists():
+            old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+            os.replace(run_dir, old)
+            os.replace(tmp, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return run_dir
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """run.json of a run folder, validated (format, version, known method)."""
+    run_dir = Path(run_dir)
+    f = run_dir / "run.json"
+    if not run_dir.is_dir():
+        raise LvqError(f"{run_dir} is not a folder")
+    if not f.is_file():
+        raise LvqError(f"{run_dir} is not an lvq run (no run.json)")
+    try:
+        info = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LvqError(f"{f} is corrupt ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise LvqError(f"{run_dir} is not an lvq run (run.json has no 'format': '{FORMAT}')")
+    if not isinstance(info.get("version"), int) or info["version"] > VERSION:
+        raise LvqError(f"{run_dir} was written by a newer lvq (run format {info.get('version')}, "
+                       f"this lvq reads up to {VERSION}); upgrade lvq")
+    from .methods import get_method
+
+    name = info.get("method", {}).get("method")
+    try:
+        get_method(name)
+    except ValueError:
+        raise LvqError(f"{run_dir} uses an unknown method {name!r}; this lvq cannot decode it") from None
+    return info
+
+
+def _check_files(run_dir: Path, info: dict[str, Any], verify_hash: bool) -> None:
+    for fname, meta in info.get("files", {}).items():
+        p = run_dir / fname
+        if not p.is_file():
+            raise LvqError(f"{run_dir} is incomplete: {fname} is missing")
+        if p.stat().st_size != meta["bytes"]:
+            raise LvqError(f"{run_dir}/{fname} is truncated or altered "
+                           f"({p.stat().st_size} bytes, expected {meta['bytes']})")
+        if verify_hash and _sha256(p) != meta["sha256"]:
+            raise LvqError(f"{run_dir}/{fname} is corrupt (checksum mismatch)")
+
+
+def _weight_cls(method: str):
+    from .methods import get_method
+    return get_method(method).weight_cls
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = None, verify_hash: bool = True):
+    """Rebuild ``(model, tokenizer, report)`` from a run folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    _check_files(run_dir, info, verify_hash)
+    try:
+        tensors = load_file(str(run_dir / "model.safetensors"))
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise LvqError(f"{run_dir}/model.safetensors cannot be read ({e})") from None
+    config = AutoConfig.from_pretrained(str(run_dir))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # buffers such as RoPE's
+    quantized_keys: set[str] = set()
+    for name, entry in info["layers"].items():
+        cls = _weight_cls(entry["method"])
+        keys = [f"{name}.{n}" for n in entry["state_names"]] + ([f"{name}.bias"] if entry["bias"] else [])
+        try:
+            st = {n: tensors.pop(f"{name}.{n}") for n in entry["state_names"]}
+            bias = tensors.pop(f"{name}.bias") if entry["bias"] else None
+            qlin = QuantizedLinear(cls.from_state(st, entry["meta"]), bias=bias)
+        except KeyError as e:
+            raise LvqError(f"{run_dir} is corrupt: tensor {e} of layer {name} is missing") from None
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, qlin)
+        quantized_keys.update(keys)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = set(info.get("tied", []))
+    missing = [k for k in missing if k not in tied and k not in quantized_keys]
+    if unexpected or missing:
+        raise LvqError(f"{run_dir} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.tie_weights()
+    model.config.lvq_source = info["model"].get("source", "")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(str(run_dir))
+    report = Report.load(run_dir / "report")
+    return model, tok, report
+
+
+def load_layer(run_dir: str | Path, layer: str):
+    """One quantized layer's QuantizedWeight, read without loading the model.
+
+    ``layer`` is a module name (``model.layers.0.self_attn.q_proj``) or a report name
+    (``0.self_attn.q_proj``).
+    """
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    names = info["layers"]
+    full = layer if layer in names else next(
+        (n for n in names if n.endswith(f"layers.{layer}") or n.endswith(f".{layer}")), None)
+    if full is None:
+        raise LvqError(f"{run_dir} has no quantized layer {layer!r}")
+    entry = names[full]
+    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as f:
+        st = {n: f.get_tensor(f"{full}.{n}") for n in entry["state_names"]}
+    return _weight_cls(entry["method"]).from_state(st, entry["meta"])
+
+
+RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
+               "quant_time_s", "peak_rss_mb", "created", "config"]
+
+
+def list_runs(root: str | Path) -> pd.DataFrame:
+    """One row per valid run folder under ``root`` (folders that are not runs are skipped)."""
+    rows = []
+    root = Path(root)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.name.startswith(".") or not (d / "run.json").is_file():
+            continue
+        try:
+            info = read_run_info(d)
+        except LvqError:
+            continue
+        m = info.get("metrics", {})
+        cfg = dict(info["method"])
+        rows.append({"run": d.name, "path": str(d), "model": info["model"].get("source", ""),
+                     "method": cfg.pop("method"), "bits_per_weight": m.get("bits_per_weight"),
+                     "model_mb": m.get("model_mb"), "ppl": m.get("ppl"), "ppl_fp": m.get("ppl_fp"),
+                     "quant_time_s": m.get("quant_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+                     "created": info.get("created", ""), "config": json.dumps(cfg)})
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)

@@ -1,0 +1,82 @@
+"""Compare page: perplexity against size for every saved run and the benchmark table."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from . import Page, figures, state, texts
+
+FP_METHODS = ("fp", "fp16", "fp32", "bf16", "none")
+TABLE_COLUMNS = ["source", "label", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
+                 "seqlen", "windows", "quant_time_s", "peak_rss_mb"]
+SOURCES = ["benchmark table", "my runs"]
+
+
+def combined_table(bench: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Benchmark rows and saved runs in one table with ``TABLE_COLUMNS`` (pure; tested)."""
+    parts = []
+    if len(bench):
+        b = bench.copy()
+        b["source"] = "benchmark"
+        parts.append(b)
+    if len(runs):
+        r = runs.rename(columns={"run": "label"}).copy()
+        r["source"] = "run"
+        parts.append(r)
+    if not parts:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    df = pd.concat([p.reindex(columns=TABLE_COLUMNS) for p in parts], ignore_index=True)
+    for c in TABLE_COLUMNS[3:]:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["method"] = df["method"].astype(str)
+    return df
+
+
+def fp_reference(df: pd.DataFrame) -> float | None:
+    """The unquantized perplexity: a benchmark fp row if there is one, else the runs' ppl_fp."""
+    fp_rows = df[df["method"].str.lower().isin(FP_METHODS)]["ppl"].dropna()
+    if len(fp_rows):
+        return float(fp_rows.iloc[0])
+    vals = df["ppl_fp"].dropna()
+    return float(vals.median()) if len(vals) else None
+
+
+def view(sources: list[str], x: str, log_y: bool):
+    """(figure, table, csv path) for the chosen sources and axis."""
+    bench = state.load_bench() if "benchmark table" in sources else pd.DataFrame()
+    runs = state.list_runs() if "my runs" in sources else pd.DataFrame()
+    df = combined_table(bench, runs)
+    ref = fp_reference(df) if len(df) else None
+    points = df[~df["method"].str.lower().isin(FP_METHODS)] if len(df) else df
+    fig = figures.compare_figure(points, x=x, ppl_fp=ref, log_y=log_y)
+    shown = df.copy()
+    if len(shown):
+        num = shown.select_dtypes(include=[np.number]).columns
+        shown[num] = shown[num].round(3)
+        shown = shown.sort_values(["ppl"], na_position="last")
+    out = state.runs_root() / ".exports"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"lvq-compare-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    shown.to_csv(path, index=False)
+    return fig, shown, str(path)
+
+
+def build() -> Page:
+    gr.Markdown(texts.COMPARE_HELP)
+    with gr.Row():
+        sources = gr.CheckboxGroup(SOURCES, value=SOURCES, label="Show")
+        x = gr.Radio([("bits per weight", "bits_per_weight"), ("model size (MB)", "model_mb")],
+                     value="bits_per_weight", label="Size axis")
+        log_y = gr.Checkbox(value=True, label="log perplexity axis")
+        refresh = gr.Button("↻ Refresh", size="sm")
+    plot = gr.Plot(label="Perplexity vs size", elem_id="compare-plot")
+    table = gr.Dataframe(interactive=False, label="All runs (click a header to sort)", wrap=True)
+    download = gr.DownloadButton("Download CSV", size="sm")
+    inputs, outs = [sources, x, log_y], [plot, table, download]
+    gr.on([sources.change, x.change, log_y.change, refresh.click], view, inputs, outs,
+          api_name="compare")
+    return Page(refresh=view, outputs=outs, refresh_inputs=inputs,
+                load=lambda: view(SOURCES, "bits_per_weight", True), load_outputs=outs)

@@ -1,0 +1,313 @@
+"""Pure figure builders: report tables (pandas) or small arrays in, plotly figures out.
+
+Nothing here reads files, loads models or knows about Gradio, so every builder can be tested on a
+hand-made table. Column names follow the run report (see ``lvq.qweight`` and ``lvq.pipeline``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+METHOD_COLORS = {"fp": "#444444", "rtn": "#8c8c8c", "gptq": "#1f77b4", "glvq": "#d62728",
+                 "crvq": "#2ca02c", "aqlm": "#9467bd"}
+_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=420)
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure carrying a message (shown instead of a plot when there is nothing to draw)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=15, color="#666"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(**{**_LAYOUT, "height": 260})
+    return fig
+
+
+def _ordered_layers(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["layer"].astype(str)))
+
+
+def _col(df: pd.DataFrame, name: str, default: float = np.nan) -> np.ndarray:
+    return df[name].to_numpy(dtype=float) if name in df else np.full(len(df), default)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bit allocation (GLVQ "groups" table: layer, group, bits, salience, err_before, err_after, ...)
+# ----------------------------------------------------------------------------------------------
+def bits_heatmap(groups: pd.DataFrame) -> go.Figure:
+    """Layers x groups heatmap of allocated bits; hover shows layer, group, bits, salience, error."""
+    if groups.empty:
+        return empty_figure("no bit-allocation table in this run")
+    layers = _ordered_layers(groups)
+    ngroups = int(groups["group"].max()) + 1
+    z = np.full((len(layers), ngroups), np.nan)
+    custom = np.full((len(layers), ngroups, 2), np.nan)
+    row = {name: i for i, name in enumerate(layers)}
+    err = _col(groups, "err_after")
+    sal = _col(groups, "salience")
+    for k, (layer, g, b) in enumerate(zip(groups["layer"].astype(str), groups["group"], groups["bits"])):
+        i, j = row[layer], int(g)
+        z[i, j] = b
+        custom[i, j] = (sal[k], err[k])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(ngroups)), y=layers, customdata=custom, colorscale="Viridis",
+        colorbar=dict(title="bits"),
+        hovertemplate="layer %{y}<br>group %{x}<br>bits %{z}<br>salience %{customdata[0]:.3g}"
+                      "<br>error %{customdata[1]:.3g}<extra></extra>"))
+    fig.update_layout(**{**_LAYOUT, "height": max(360, 14 * len(layers) + 120)},
+                      title="Allocated bits per group", xaxis_title="group (input columns)",
+                      yaxis=dict(title="layer", autorange="reversed", tickfont=dict(size=9)))
+    return fig
+
+
+def bits_histogram(groups: pd.DataFrame) -> go.Figure:
+    """How many groups got each bit width."""
+    if groups.empty:
+        return empty_figure("no bit-allocation table in this run")
+    counts = groups["bits"].value_counts().sort_index()
+    fig = go.Figure(go.Bar(x=[f"{b:g}" for b in counts.index], y=counts.to_numpy(),
+                           marker_color="#d62728",
+                           hovertemplate="%{x} bits: %{y} groups<extra></extra>"))
+    mean = float(groups["bits"].mean())
+    fig.update_layout(**_LAYOUT, title=f"Bit widths (mean {mean:.3f} bits/weight in codes)",
+                      xaxis_title="bits per weight", yaxis_title="groups")
+    return fig
+
+
+def salience_vs_bits(groups: pd.DataFrame) -> go.Figure:
+    """Group salience against allocated bits (jittered), coloured by the group's error."""
+    if groups.empty:
+        return empty_figure("no bit-allocation table in this run")
+    rng = np.random.default_rng(0)
+    bits = groups["bits"].to_numpy(dtype=float)
+    err = _col(groups, "err_after")
+    custom = np.stack([groups["layer"].astype(str).to_numpy(), groups["group"].to_numpy(),
+                       bits, err], axis=1)
+    fig = go.Figure(go.Scatter(
+        x=_col(groups, "salience"), y=bits + rng.uniform(-0.15, 0.15, len(bits)), mode="markers",
+        customdata=custom,
+        marker=dict(size=7, color=np.log10(np.maximum(err, 1e-12)) if np.isfinite(err).any() else None,
+                    colorscale="Inferno", showscale=bool(np.isfinite(err).any()),
+                    colorbar=dict(title="log10 err")),
+        hovertemplate="layer %{customdata[0]}<br>group %{customdata[1]}<br>bits %{customdata[2]}"
+                      "<br>salience %{x:.3g}<br>error %{customdata[3]:.3g}<extra></extra>"))
+    fig.update_layout(**_LAYOUT, title="Salience drives the allocation", xaxis_type="log",
+                      xaxis_title="salience Σ W² / U_jj² (log)", yaxis_title="bits (jittered)")
+    return fig
+
+
+def layer_errors(layers: pd.DataFrame) -> go.Figure:
+    """Relative output error per quantized layer, in model order."""
+    if layers.empty or "rel_error" not in layers:
+        return empty_figure("no per-layer errors in this run")
+    fig = go.Figure(go.Bar(
+        x=layers["layer"].astype(str), y=layers["rel_error"], marker_color="#1f77b4",
+        customdata=np.stack([_col(layers, "bits_per_weight")], axis=1),
+        hovertemplate="%{x}<br>rel. error %{y:.3g}<br>%{customdata[0]:.3f} bits/weight<extra></extra>"))
+    fig.update_layout(**_LAYOUT, title="Relative output error ‖(W−Ŵ)X‖² / ‖WX‖² per layer",
+                      yaxis_type="log", xaxis=dict(showticklabels=len(layers) <= 40))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Lattice (one GLVQ group)
+# ----------------------------------------------------------------------------------------------
+def lattice_points(G2: np.ndarray, extent: float, offset: float = 0.0, max_points: int = 4000):
+    """Points G2 (z + offset) of a 2-D lattice inside the box [-extent, extent]^2, and their z."""
+    G2 = np.asarray(G2, dtype=float)
+    Ginv = np.linalg.inv(G2)
+    corners = np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]], dtype=float) * extent
+    zc = corners @ Ginv.T
+    lo, hi = np.floor(zc.min(0)) - 1, np.ceil(zc.max(0)) + 1
+    n = (hi - lo + 1).prod()
+    if n > max_points:  # cell much smaller than the box: thin the view instead of drawing a blur
+        scale = np.sqrt(n / max_points)
+        lo, hi = np.floor(lo / scale), np.ceil(hi / scale)
+    Z = np.stack(np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1)), -1).reshape(-1, 2)
+    P = (Z + offset) @ G2.T
+    keep = (np.abs(P) <= extent * 1.05).all(1)
+    return P[keep], Z[keep]
+
+
+def _cell_outlines(G2: np.ndarray, centers: np.ndarray):
+    """Babai rounding-off cells: the parallelograms G2 ([-1/2, 1/2]^2) around each point."""
+    corners = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5]]) @ G2.T
+    xs, ys = [], []
+    for c in centers:
+        xs += list(c[0] + corners[:, 0]) + [None]
+        ys += list(c[1] + corners[:, 1]) + [None]
+    return xs, ys
+
+
+def lattice_figure(G2: np.ndarray, vectors: np.ndarray | None, title: str, offset: float = 0.0,
+                   extent: float | None = None, codes: np.ndarray | None = None) -> go.Figure:
+    """A 2-D lattice G2 with its Babai cells, and weight vectors (rows of ``vectors``) over it.
+
+    ``codes`` (integer coordinates per vector) marks which lattice points the group uses.
+    """
+    G2 = np.asarray(G2, dtype=float)
+    if vectors is not None and len(vectors):
+        extent = extent or float(np.abs(vectors).max()) * 1.15
+    extent = extent or float(np.abs(G2).sum()) * 3
+    P, _ = lattice_points(G2, extent, offset)
+    xs, ys = _cell_outlines(G2, P)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#bbbbbb", width=1),
+                             name="Babai cells", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=P[:, 0], y=P[:, 1], mode="markers", name="lattice points G(z+o)",
+                             marker=dict(size=6, color="#1f77b4"),
+                             hovertemplate="(%{x:.3f}, %{y:.3f})<extra>lattice point</extra>"))
+    if vectors is not None and len(vectors):
+        V = np.asarray(vectors, dtype=float)
+        fig.add_trace(go.Scatter(x=V[:, 0], y=V[:, 1], mode="markers", name="weight vectors",
+                                 marker=dict(size=5, color="#d62728", opacity=0.6),
+                                 hovertemplate="(%{x:.3f}, %{y:.3f})<extra>weight</extra>"))
+    if codes is not None and len(codes):
+        U = (np.unique(np.asarray(codes, dtype=float), axis=0) + offset) @ G2.T
+        fig.add_trace(go.Scatter(x=U[:, 0], y=U[:, 1], mode="markers", name="used points",
+                                 marker=dict(size=11, symbol="circle-open", color="#ff7f0e",
+                                             line=dict(width=2))))
+    fig.update_layout(**_LAYOUT, title=title, xaxis=dict(range=[-extent, extent], title="coord a"),
+                      yaxis=dict(range=[-extent, extent], title="coord b", scaleanchor="x"),
+                      legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def mu_law_curve(mus: dict[str, float]) -> go.Figure:
+    """F(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu) on [-1, 1] for each named mu (mu <= 0: identity)."""
+    x = np.linspace(-1, 1, 401)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=x, mode="lines", name="no companding",
+                             line=dict(dash="dot", color="#888")))
+    for name, mu in mus.items():
+        y = x if mu <= 0 else np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{name} (μ={mu:.3g})"))
+    fig.update_layout(**_LAYOUT, title="μ-law companding F(x)", xaxis_title="x (normalised weight)",
+                      yaxis_title="F(x)")
+    return fig
+
+
+def matrix_heatmap(M: np.ndarray, title: str) -> go.Figure:
+    """A small matrix (e.g. a generator G) as a diverging heatmap with values on hover."""
+    M = np.asarray(M, dtype=float)
+    lim = float(np.abs(M).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=M, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                               hovertemplate="row %{y}, col %{x}: %{z:.4f}<extra></extra>"))
+    fig.update_layout(**{**_LAYOUT, "height": 380}, title=title,
+                      yaxis=dict(autorange="reversed", scaleanchor="x"))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Channels (CRVQ "channels" table: layer, channel, importance, critical, rank, err_basic, err_full)
+# ----------------------------------------------------------------------------------------------
+def channel_importance(channels: pd.DataFrame, critical_ratio: float | None = None) -> go.Figure:
+    """Importance of each input channel, sorted descending; critical channels in red, λ cut marked."""
+    if channels.empty:
+        return empty_figure("no channel table for this layer")
+    df = channels.sort_values("importance", ascending=False).reset_index(drop=True)
+    crit = df["critical"].astype(bool).to_numpy() if "critical" in df else np.zeros(len(df), bool)
+    fig = go.Figure(go.Bar(
+        x=np.arange(len(df)), y=df["importance"], marker_color=np.where(crit, "#d62728", "#9ecae1"),
+        customdata=np.stack([df["channel"], crit], axis=1),
+        hovertemplate="rank %{x}<br>channel %{customdata[0]}<br>importance %{y:.3g}"
+                      "<br>critical %{customdata[1]}<extra></extra>"))
+    cut = int(crit.sum())
+    if cut:
+        label = f"λ cut: {cut} critical" + (f" (λ={critical_ratio:g})" if critical_ratio else "")
+        fig.add_vline(x=cut - 0.5, line=dict(color="#d62728", dash="dash"),
+                      annotation_text=label, annotation_position="top right")
+    fig.update_layout(**_LAYOUT, title="Channel importance, sorted (critical in red)",
+                      xaxis_title="rank", yaxis_title="importance", yaxis_type="log", bargap=0)
+    return fig
+
+
+def channel_permutation(channels: pd.DataFrame) -> go.Figure:
+    """The stored permutation: original channel index against its rank after sorting."""
+    if channels.empty or "rank" not in channels:
+        return empty_figure("no permutation for this layer")
+    crit = channels["critical"].astype(bool).to_numpy() if "critical" in channels else None
+    fig = go.Figure(go.Scatter(
+        x=channels["channel"], y=channels["rank"], mode="markers",
+        marker=dict(size=5, color=np.where(crit, "#d62728", "#1f77b4") if crit is not None else "#1f77b4"),
+        hovertemplate="channel %{x} → position %{y}<extra></extra>"))
+    fig.update_layout(**_LAYOUT, title="Permutation: channel → sorted position",
+                      xaxis_title="original input channel", yaxis_title="position after sorting")
+    return fig
+
+
+def codebook_usage(codebooks: pd.DataFrame) -> go.Figure:
+    """Code counts per codebook, sorted descending (a flat curve = every code is used)."""
+    if codebooks.empty:
+        return empty_figure("no codebook table for this layer")
+    fig = go.Figure()
+    for cb, df in codebooks.groupby("codebook", sort=True):
+        counts = np.sort(df["count"].to_numpy(dtype=float))[::-1]
+        p = counts / max(counts.sum(), 1)
+        nz = p[p > 0]
+        ent = float(-(nz * np.log2(nz)).sum())
+        fig.add_trace(go.Scatter(x=np.arange(len(counts)), y=counts, mode="lines",
+                                 name=f"codebook {cb} ({ent:.2f} of {np.log2(len(counts)):.0f} bits)"))
+    fig.update_layout(**_LAYOUT, title="Codebook usage (codes sorted by count; entropy in legend)",
+                      xaxis_title="code (sorted)", yaxis_title="count", yaxis_type="log")
+    return fig
+
+
+def channel_error(channels: pd.DataFrame) -> go.Figure:
+    """Per-channel error with the basic codebook only and with the extended codebooks, by rank."""
+    if channels.empty or "err_basic" not in channels:
+        return empty_figure("no per-channel errors for this layer")
+    df = channels.sort_values("rank" if "rank" in channels else "channel")
+    x = df["rank"] if "rank" in df else df["channel"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=df["err_basic"], mode="markers", name="basic codebook only",
+                             marker=dict(size=5, color="#9ecae1")))
+    if "err_full" in df:
+        fig.add_trace(go.Scatter(x=x, y=df["err_full"], mode="markers", name="with extended codebooks",
+                                 marker=dict(size=5, color="#d62728")))
+    fig.update_layout(**_LAYOUT, title="Per-channel error, by importance rank",
+                      xaxis_title="rank (0 = most important)", yaxis_title="error", yaxis_type="log")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Compare (run table + benchmark table)
+# ----------------------------------------------------------------------------------------------
+def pareto_front(df: pd.DataFrame, x: str, y: str = "ppl") -> pd.DataFrame:
+    """Rows not dominated by any other (smaller-or-equal x and y, one strictly smaller), by x."""
+    d = df.dropna(subset=[x, y]).sort_values([x, y])
+    keep, best = [], np.inf
+    for idx, yv in zip(d.index, d[y]):
+        if yv < best:
+            keep.append(idx)
+            best = yv
+    return d.loc[keep]
+
+
+def compare_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float | None = None,
+                   log_y: bool = True) -> go.Figure:
+    """Perplexity against size: one colour per method, the Pareto front, and the fp reference."""
+    d = df.dropna(subset=[x, "ppl"]) if not df.empty else df
+    if d.empty:
+        return empty_figure("no runs with a perplexity yet: quantize a model or run `make bench`")
+    fig = go.Figure()
+    for method, g in d.groupby(d["method"].astype(str), sort=True):
+        labels = g["label"].astype(str) if "label" in g else g.index.astype(str)
+        fig.add_trace(go.Scatter(
+            x=g[x], y=g["ppl"], mode="markers", name=method,
+            marker=dict(size=10, color=METHOD_COLORS.get(method.lower())),
+            text=labels, hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>ppl %{y:.2f}<extra>"
+                                       + method + "</extra>"))
+    front = pareto_front(d, x)
+    fig.add_trace(go.Scatter(x=front[x], y=front["ppl"], mode="lines", name="Pareto front",
+                             line=dict(color="#333", dash="dash", shape="hv"), hoverinfo="skip"))
+    if ppl_fp is not None and np.isfinite(ppl_fp):
+        fig.add_hline(y=ppl_fp, line=dict(color="#444", dash="dot"),
+                      annotation_text=f"fp32 {ppl_fp:.2f}", annotation_position="bottom right")
+    titles = {"bits_per_weight": "bits per weight (all overhead counted)", "model_mb": "model size (MB)"}
+    fig.update_layout(**{**_LAYOUT, "height": 480}, title="Perplexity vs size (lower-left is better)",
+                      xaxis_title=titles.get(x, x), yaxis_title="perplexity",
+                      yaxis_type="log" if log_y else "linear")
+    return fig

@@ -1,0 +1,390 @@
+"""Quantize page: pick a model, a method and its settings, calibrate, run, save.
+
+The settings widgets of every method are built from ``CONTROLS`` (one row per config field); the
+exact config that will run is shown as JSON and is what the ``quantize`` API endpoint takes, so a
+script (or gradio_client) can post any config the library accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from . import Page, state, texts
+
+log = logging.getLogger(__name__)
+
+UPLOAD = "upload a .txt file"
+GROUPS = [32, 64, 128, 256]
+
+# (field, widget, options, one-line help) per method; defaults come from the config class.
+CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
+    "rtn": [
+        ("bits", "slider", dict(minimum=1, maximum=8, step=1), "bits per weight (integer codes)"),
+        ("group_size", "dropdown", dict(choices=GROUPS), "input columns sharing one scale and zero"),
+    ],
+    "gptq": [
+        ("bits", "slider", dict(minimum=1, maximum=8, step=1), "bits per weight (integer codes)"),
+        ("group_size", "dropdown", dict(choices=GROUPS), "input columns sharing one scale and zero"),
+        ("damp", "slider", dict(minimum=0.0, maximum=0.2, step=0.005),
+         "damping added to H, as a fraction of its mean diagonal"),
+        ("act_order", "checkbox", {}, "quantize columns in order of decreasing H diagonal"),
+    ],
+    "glvq": [
+        ("bits", "slider", dict(minimum=1.0, maximum=4.0, step=0.25),
+         "average bits per weight; fractional targets mix integer widths across groups"),
+        ("group_size", "dropdown", dict(choices=GROUPS), "input columns per group (one lattice each)"),
+        ("dim", "dropdown", dict(choices=[2, 4, 8, 16, 32]), "lattice dimension d (must divide the group size)"),
+        ("steps", "slider", dict(minimum=0, maximum=500, step=10), "optimisation steps on G and μ per group"),
+        ("companding", "checkbox", {}, "μ-law companding per group"),
+        ("bit_allocation", "checkbox", {}, "salience-driven bits: N−1 / N / N+1 per group"),
+        ("shared_lattice", "checkbox", {}, "one lattice for the whole layer (ablation)"),
+        ("error_feedback", "checkbox", {}, "push each group's error onto later columns through H"),
+    ],
+    "crvq": [
+        ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d (consecutive input columns)"),
+        ("codebook_bits", "slider", dict(minimum=1, maximum=12, step=1),
+         "basic codebook: 2^e entries (e bits per vector)"),
+        ("num_extended", "slider", dict(minimum=0, maximum=4, step=1),
+         "extra additive codebooks, on critical channels only"),
+        ("extended_bits", "slider", dict(minimum=1, maximum=12, step=1), "entries 2^e of each extended codebook"),
+        ("critical_ratio", "slider", dict(minimum=0.0, maximum=0.25, step=0.005),
+         "λ: fraction of input channels treated as critical (1–5 % typical)"),
+        ("beam_width", "slider", dict(minimum=1, maximum=8, step=1), "beam width of the code search"),
+        ("epochs", "slider", dict(minimum=0, maximum=20, step=1), "code search / codebook update rounds"),
+    ],
+    "aqlm": [
+        ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d"),
+        ("codebook_bits", "slider", dict(minimum=1, maximum=12, step=1), "2^e entries per codebook"),
+        ("num_codebooks", "slider", dict(minimum=1, maximum=4, step=1), "additive codebooks M"),
+        ("beam_width", "slider", dict(minimum=1, maximum=8, step=1), "beam width of the code search"),
+        ("epochs", "slider", dict(minimum=0, maximum=20, step=1), "code search / codebook update rounds"),
+    ],
+}
+LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp": "Damping",
+          "act_order": "Activation order", "dim": "Dimension d", "steps": "Steps",
+          "companding": "Companding", "bit_allocation": "Bit allocation",
+          "shared_lattice": "Shared lattice", "error_feedback": "Error feedback",
+          "codebook_bits": "Codebook bits", "num_extended": "Extended codebooks",
+          "extended_bits": "Extended codebook bits", "critical_ratio": "Critical ratio λ",
+          "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks"}
+RUN_TABLE_COLUMNS = ["run", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
+                     "quant_time_s", "created"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Config handling (pure; tested)
+# ----------------------------------------------------------------------------------------------
+def _methods() -> list[str]:
+    import lvq
+
+    return [m for m in lvq.method_names() if m in CONTROLS]
+
+
+def _config_cls(method: str):
+    import lvq
+
+    return lvq.get_method(method).config_cls
+
+
+def _coerce(cls, field: str, value: Any) -> Any:
+    """Widget value -> the config field's type (sliders give floats)."""
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[field]
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int) and value is not None:
+        return int(round(float(value)))
+    if isinstance(default, float) and value is not None:
+        return float(value)
+    return value
+
+
+def settings_dict(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """{"method": m, field: value, ...} from the widget values of method m."""
+    cls = _config_cls(method)
+    return {"method": method, **{k: _coerce(cls, k, v) for k, v in values.items()}}
+
+
+def build_config(settings: dict[str, Any] | str):
+    """A validated config from settings (dict or JSON); ValueError with the library's message."""
+    import lvq
+
+    if isinstance(settings, str):
+        try:
+            settings = json.loads(settings)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the config is not valid JSON ({e})") from None
+    if not isinstance(settings, dict) or "method" not in settings:
+        raise ValueError("the config needs a 'method' field")
+    return lvq.config_from_dict(settings)
+
+
+def estimate_markdown(model: str, cfg) -> str:
+    try:
+        est = state.estimate_size(model, cfg)
+    except Exception as e:  # unknown model, offline hub id, method without an estimate
+        return f"Size estimate unavailable: {e}"
+    return (f"**Estimate:** {est['bits_per_weight']:.3f} bits/weight in the quantized linears · "
+            f"model {est['model_mb']:.1f} MB (fp16: {est['fp_mb']:.1f} MB)")
+
+
+def run_table() -> pd.DataFrame:
+    df = state.list_runs()
+    df = df[[c for c in RUN_TABLE_COLUMNS if c in df]].copy()
+    for c in ("bits_per_weight", "model_mb", "ppl", "ppl_fp", "quant_time_s"):
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce").round(3)
+    return df.sort_values("created", ascending=False) if "created" in df and len(df) else df
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def summary_markdown(run_dir: str, metrics: dict[str, Any], protocol: str) -> str:
+    def num(k, fmt):
+        v = metrics.get(k)
+        return format(v, fmt) if isinstance(v, (int, float)) else "—"
+
+    return (f"### ✅ Run saved: `{run_dir}`\n\n"
+            f"| bits/weight | model MB | ppl original | ppl quantized | time | peak RSS |\n"
+            f"|---|---|---|---|---|---|\n"
+            f"| {num('bits_per_weight', '.3f')} | {num('model_mb', '.1f')} | {num('ppl_fp', '.2f')} "
+            f"| {num('ppl', '.2f')} | {num('quant_time_s', '.1f')} s | {num('peak_rss_mb', '.0f')} MB |\n\n"
+            f"Perplexity protocol: {protocol}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run (a worker thread; the event handler streams its progress)
+# ----------------------------------------------------------------------------------------------
+def _resolve_corpus(corpus: str, upload: Any) -> str:
+    if corpus == UPLOAD:
+        path = upload if isinstance(upload, str) or upload is None else getattr(upload, "name", None)
+        state.read_upload(path)
+        return str(path)
+    if not corpus:
+        raise ValueError("choose a calibration corpus")
+    return corpus
+
+
+def _work(model_name, cfg, calib, eval_windows, cancel, events: queue.Queue) -> None:
+    """Load, quantize, evaluate and save; reports ("progress", text, frac) / ("done", md) / ("error", msg)."""
+    import lvq
+
+    def say(text: str, frac: float | None = None) -> None:
+        events.put(("progress", text, frac))
+
+    try:
+        say(f"loading {model_name}…")
+        model, tok = state.fresh_model(model_name)
+        ppl_fp = None
+        if eval_windows:
+            say("perplexity of the original model…")
+            ppl_fp = state.fp_perplexity(model_name, calib.corpus, calib.seqlen, eval_windows)
+        t0 = time.perf_counter()
+
+        def progress(step: int, total: int, message: str) -> None:
+            el = time.perf_counter() - t0
+            eta = f" · ETA {_fmt_s(el / step * (total - step))}" if step else ""
+            say(f"{message} · layer {step} of {total} · {_fmt_s(el)} elapsed{eta}",
+                step / max(total, 1))
+
+        result = lvq.quantize_model(model, tok, cfg, calib=calib, progress=progress, cancel=cancel)
+        metrics: dict[str, Any] = {"ppl_fp": ppl_fp}
+        protocol = "not measured (evaluation windows = 0)"
+        if eval_windows:
+            say("perplexity of the quantized model…", 1.0)
+            text = lvq.eval_text(calib.corpus)
+            metrics["ppl"] = lvq.perplexity(result.model, result.tokenizer, text, seqlen=calib.seqlen,
+                                            max_windows=eval_windows)
+            protocol = (f"last {eval_windows} non-overlapping windows of {calib.seqlen} tokens of the "
+                        f"evaluation part of `{calib.corpus}`")
+            metrics.update(eval_corpus=calib.corpus, eval_seqlen=calib.seqlen, eval_windows=eval_windows)
+        if cancel.is_set():
+            raise lvq.Cancelled("cancelled before saving")
+        run_dir = state.new_run_dir(model_name, cfg.method, getattr(cfg, "bits", None))
+        say(f"saving to {run_dir}…", 1.0)
+        lvq.save_run(result, run_dir, metrics=metrics)
+        state.RUN_MODELS.put(str(run_dir), (result.model, result.tokenizer, result.report))
+        events.put(("done", summary_markdown(str(run_dir), {**result.metrics, **metrics}, protocol)))
+    except lvq.Cancelled:
+        events.put(("error", "⏹ Run cancelled; nothing was saved."))
+    except (ValueError, MemoryError, OSError) as e:  # LvqError is a ValueError
+        events.put(("error", f"❌ {e}"))
+    except Exception as e:  # keep the app alive; the message goes to the user, the trace to the log
+        log.exception("quantization failed")
+        events.put(("error", f"❌ The run failed: {type(e).__name__}: {e}"))
+
+
+def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_windows: float,
+                     seqlen: float, eval_windows: float, request: gr.Request,
+                     progress=gr.Progress()):
+    """Stream (status, run table) while a run goes on in a worker thread."""
+    import lvq
+
+    table = gr.update()
+    try:
+        if not model_name or not str(model_name).strip():
+            raise ValueError("choose a model")
+        cfg = build_config(config)
+        calib = lvq.CalibConfig(corpus=_resolve_corpus(corpus, upload), n_windows=int(n_windows),
+                                seqlen=int(seqlen))
+    except ValueError as e:
+        gr.Warning(str(e))
+        yield f"❌ {e}", table
+        return
+    cancel = state.SIGNALS.fresh(state.session_id(request), "quantize")
+    events: queue.Queue = queue.Queue()
+    worker = threading.Thread(target=_work, daemon=True, name="lvq-quantize",
+                              args=(str(model_name).strip(), cfg, calib, int(eval_windows), cancel, events))
+    worker.start()
+    try:
+        while True:
+            try:
+                ev = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if ev[0] == "progress":
+                _, text, frac = ev
+                progress(frac if frac is not None else 0.0, desc=text)
+                yield f"⏳ {text}", table
+            elif ev[0] == "done":
+                yield ev[1], run_table()
+                return
+            else:
+                gr.Warning(ev[1].lstrip("❌⏹ "))
+                yield ev[1], table
+                return
+    finally:
+        cancel.set()  # the page was closed or the run ended: stop the worker if it still runs
+
+
+def cancel_run(request: gr.Request) -> str:
+    if state.SIGNALS.set(state.session_id(request), "quantize"):
+        return "⏹ Cancelling after the current layer…"
+    return "Nothing to cancel."
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout
+# ----------------------------------------------------------------------------------------------
+def _widget(cls, method: str, field: str, kind: str, opts: dict, help_: str):
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[field]
+    label = LABELS.get(field, field)
+    if kind == "checkbox":
+        return gr.Checkbox(value=bool(default), label=label, info=help_)
+    if kind == "dropdown":
+        choices = list(opts["choices"])
+        if default not in choices:
+            choices = sorted(set(choices) | {default})
+        return gr.Dropdown(choices=choices, value=default, label=label, info=help_)
+    value = min(max(default, opts["minimum"]), opts["maximum"])
+    return gr.Slider(value=value, label=label, info=help_, **opts)
+
+
+def build() -> Page:
+    import lvq
+
+    methods = _methods()
+    models = state.model_choices()
+    gr.Markdown(texts.Q4_NOTE)
+    with gr.Row():
+        with gr.Column(scale=3):
+            model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
+                                label="Model",
+                                info="a bundled model, a local Hugging Face folder, or a hub id (needs a network)")
+            method = gr.Radio(methods, value="glvq" if "glvq" in methods else methods[0], label="Method",
+                              info="GLVQ: learned lattices · CRVQ: additive codebooks + critical channels · "
+                                   "RTN/GPTQ: scalar baselines · AQLM: CRVQ without critical channels")
+            with gr.Row():
+                fast = gr.Button("Fast preset", size="sm")
+                quality = gr.Button("Quality preset", size="sm")
+            widgets: dict[str, dict[str, Any]] = {}
+            groups = {}
+            for m in methods:
+                cls = _config_cls(m)
+                with gr.Group(visible=(m == method.value)) as grp:
+                    widgets[m] = {f: _widget(cls, m, f, kind, opts, h) for f, kind, opts, h in CONTROLS[m]}
+                groups[m] = grp
+        with gr.Column(scale=2):
+            corpora = lvq.list_corpora()
+            corpus = gr.Dropdown(corpora + [UPLOAD], value=corpora[0], label="Calibration text",
+                                 info="hub corpora (wikitext2, c4) need a network")
+            upload = gr.File(label="Your text (.txt, UTF-8, ≤ 20 MB)", file_types=[".txt"],
+                             visible=False, elem_id="calib-upload")
+            n_windows = gr.Slider(1, 256, value=32, step=1, label="Calibration windows",
+                                  info="windows of seqlen tokens used to collect H = XᵀX")
+            seqlen = gr.Dropdown([64, 128, 256, 512, 1024, 2048], value=512, label="Sequence length (tokens)",
+                                 info="for calibration and evaluation windows")
+            eval_windows = gr.Slider(0, 64, value=8, step=1, label="Evaluation windows",
+                                     info="perplexity before/after on the disjoint evaluation text (0 = skip)")
+            gr.Markdown(texts.CALIB_HELP)
+    estimate = gr.Markdown(elem_id="estimate")
+    with gr.Accordion("Config that will run (JSON; the `quantize` API takes this)", open=False):
+        config = gr.Code(language="json", interactive=False, elem_id="config-json")
+    with gr.Row():
+        run = gr.Button("Run", variant="primary", elem_id="run-button")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
+    status = gr.Markdown("Ready.", elem_id="run-status")
+    gr.Markdown("### Saved runs")
+    table = gr.Dataframe(run_table(), interactive=False, elem_id="run-table", wrap=True)
+    with gr.Accordion("How a run works", open=False):
+        gr.Markdown(texts.QUANTIZE_HELP)
+
+    flat = [(m, f, w) for m in methods for f, w in widgets[m].items()]
+    flat_widgets = [w for _, _, w in flat]
+
+    def describe(model_name, method_name, *values):
+        vals = {f: v for (m, f, _), v in zip(flat, values) if m == method_name}
+        settings = settings_dict(method_name, vals)
+        text = json.dumps(settings, indent=2)
+        try:
+            cfg = build_config(settings)
+        except ValueError as e:
+            return text, f"⚠️ **Setting not possible:** {e}"
+        return json.dumps(cfg.to_dict(), indent=2), estimate_markdown(str(model_name or ""), cfg)
+
+    def show_method(method_name):
+        return [gr.update(visible=(m == method_name)) for m in methods]
+
+    def apply_preset(name):
+        def fn(method_name):
+            try:
+                preset = _config_cls(method_name).preset(name).to_dict()
+            except ValueError as e:
+                gr.Warning(str(e))
+                preset = {}
+            return [gr.update(value=preset[f]) if m == method_name and f in preset else gr.update()
+                    for m, f, _ in flat]
+        return fn
+
+    def show_upload(c):
+        return gr.update(visible=(c == UPLOAD))
+
+    method.change(show_method, method, list(groups.values()), queue=False)
+    fast.click(apply_preset("fast"), method, flat_widgets, queue=False)
+    quality.click(apply_preset("quality"), method, flat_widgets, queue=False)
+    corpus.change(show_upload, corpus, upload, queue=False)
+    gr.on([model.change, method.change] + [w.change for w in flat_widgets], describe,
+          [model, method, *flat_widgets], [config, estimate], trigger_mode="always_last",
+          show_progress="hidden", api_name=False)
+    run.click(describe, [model, method, *flat_widgets], [config, estimate], queue=False,
+              api_name=False).then(
+        state.gpu(run_quantization), [model, config, corpus, upload, n_windows, seqlen, eval_windows],
+        [status, table], api_name="quantize", concurrency_limit=1, concurrency_id="heavy")
+    cancel.click(cancel_run, None, status, queue=False, api_name="cancel")
+
+    def refresh():
+        return run_table(), gr.update(choices=state.model_choices())
+
+    def initial():
+        return describe(model.value, method.value, *[w.value for w in flat_widgets])
+
+    return Page(refresh=refresh, outputs=[table, model], load=initial, load_outputs=[config, estimate])
