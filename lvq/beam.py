@@ -32,20 +32,19 @@ code, so the best loss never increases; with beam_width = 1 this is exact coordi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def decode_additive(codebooks: list[torch.Tensor], codes: list[torch.Tensor], G: int) -> torch.Tensor:
     """Σ_k C_k[codes_k] laid out as a weight: codebooks C_k [K_k, d], codes_k [out, n_k] int64
-    (n_k <= G, covering groups 0..n_k−1) -> [out, G·d]. Differentiable in the codebooks."""
+    (n_k <= G, covering groups 0..n_k−1; codebook 0 must cover all G) -> [out, G·d].
+    Differentiable in the codebooks."""
     out = codes[0].shape[0]
     d = codebooks[0].shape[1]
-    total = None
-    for C, b in zip(codebooks, codes):
-        part = C[b]  # [out, n_k, d]
-        if b.shape[1] < G:
-            part = F.pad(part, (0, 0, 0, G - b.shape[1]))
-        total = part if total is None else total + part
+    if codes[0].shape[1] != G:
+        raise ValueError(f"the first codebook must cover all {G} groups, got {codes[0].shape[1]}")
+    total = codebooks[0][codes[0]]  # [out, G, d], a fresh tensor: safe to add into
+    for C, b in zip(codebooks[1:], codes[1:]):
+        total[:, : b.shape[1]] += C[b]
     return total.reshape(out, G * d)
 
 
@@ -109,16 +108,20 @@ def beam_search(W: torch.Tensor, H: torch.Tensor, s: torch.Tensor, codebooks: li
             if g >= beams[k].shape[2]:
                 continue
             K = C.shape[0]
-            old = beams[k][:, :, g]  # [out, B]
+            B = P.shape[1]
+            old = beams[k][:, :, g].clone()  # [out, B] (a copy: the slot is overwritten below)
             u = s3 * C[old]  # [out, B, d]
-            uH = u @ Hgg
+            uH = (u.reshape(-1, d) @ Hgg).view(out, B, d)
             L_minus = L + 2.0 * (u * P[:, :, cols]).sum(-1) + (uH * u).sum(-1)
             Pg_minus = P[:, :, cols] + uH
             q = ((C @ Hgg) * C).sum(1)  # [K]
-            scores = L_minus[..., None] - 2.0 * s3 * (Pg_minus @ C.T) + (s3 * s3) * q  # [out, B, K]
-            B = scores.shape[1]
+            cross = (Pg_minus.reshape(-1, d) @ C.T).view(out, B, K)
+            scores = L_minus[..., None] - 2.0 * s3 * cross + (s3 * s3) * q  # [out, B, K]
             width = min(beam_width, B * K)
-            best, flat = scores.reshape(out, B * K).topk(width, dim=1, largest=False)
+            if width == 1:
+                best, flat = scores.reshape(out, B * K).min(1, keepdim=True)
+            else:
+                best, flat = scores.reshape(out, B * K).topk(width, dim=1, largest=False)
             parent, new = flat // K, flat % K  # [out, width]
             if B > 1 or width > 1:
                 P = P.gather(1, parent[..., None].expand(-1, -1, n_in))
@@ -126,7 +129,8 @@ def beam_search(W: torch.Tensor, H: torch.Tensor, s: torch.Tensor, codebooks: li
                 old = old.gather(1, parent)
             beams[k][:, :, g] = new
             # r changes by s (C[old] − C[new]) on group g's columns -> p changes by that times H_{g,:}
-            P = P + (s3 * (C[old] - C[new])) @ Hg
+            delta = (s3 * (C[old] - C[new])).reshape(-1, d)
+            P = P.reshape(-1, n_in).addmm_(delta, Hg).view(out, width, n_in)
             L = best
     pick = L.argmin(1)  # [out]
     new_codes = [b[torch.arange(out, device=b.device), pick] for b in beams]

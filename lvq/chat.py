@@ -51,8 +51,9 @@ def chat_stream(model, tokenizer, messages: list[dict[str, str]], max_new_tokens
     t.start()
     text = ""
     for piece in streamer:
-        text += piece
-        yield text
+        if piece:
+            text += piece
+            yield text
     t.join()
     if errors:
         raise errors[0]

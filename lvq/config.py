@@ -137,6 +137,7 @@ def config_from_dict(d: dict[str, Any]):
 GLVQ_DIMS = (2, 4, 8, 16, 32)
 GLVQ_LATTICES = ("learned", "Z", "D", "E8")
 GLVQ_DECODERS = ("babai", "nearest")
+GLVQ_FEEDBACK_UNITS = ("vector", "group")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class GLVQConfig(ConfigBase):
     bit_allocation: bool = True
     shared_lattice: bool = False
     error_feedback: bool = True
+    feedback_unit: str = "vector"
     decoder: str = "babai"
     lattice: str = "learned"
     steps: int = 100
@@ -163,8 +165,11 @@ class GLVQConfig(ConfigBase):
     lattice_reg: float = 1e-3
     sv_band: tuple[float, float] = (0.25, 4.0)
     tol: float = 1e-4
+    patience: int = 5
     mu_min: float = 10.0
     mu_max: float = 255.0
+    identity_companding: bool = True
+    lr_log: float = 0.05
     damp: float = 0.01
     seed: int = 0
 
@@ -190,6 +195,9 @@ class GLVQConfig(ConfigBase):
             )
         if self.decoder not in GLVQ_DECODERS:
             raise ValueError(f"decoder must be one of {GLVQ_DECODERS}, got {self.decoder!r}")
+        if self.feedback_unit not in GLVQ_FEEDBACK_UNITS:
+            raise ValueError(
+                f"feedback_unit must be one of {GLVQ_FEEDBACK_UNITS}, got {self.feedback_unit!r}")
         if self.lattice not in GLVQ_LATTICES:
             raise ValueError(f"lattice must be one of {GLVQ_LATTICES}, got {self.lattice!r}")
         if self.decoder == "nearest" and self.lattice == "learned":
@@ -207,6 +215,9 @@ class GLVQConfig(ConfigBase):
         if not (0 < lo <= 1 <= hi):
             raise ValueError(f"sv_band must satisfy 0 < low <= 1 <= high, got {self.sv_band}")
         _check_range("tol", self.tol, 0.0, 1.0)
+        _check_int("patience", self.patience)
+        _check_range("patience", self.patience, 1, 100_000)
+        _check_range("lr_log", self.lr_log, 0.0, 10.0)
         _check_range("mu_min", self.mu_min, 1e-3, 1e4, "the paper uses mu in [10, 255]")
         _check_range("mu_max", self.mu_max, self.mu_min, 1e4, "mu_max must be >= mu_min")
         _check_range("damp", self.damp, 0.0, 1.0)
@@ -242,6 +253,7 @@ class CRVQConfig(ConfigBase):
     kmeans_iters: int = 20
     finetune: bool = False
     finetune_steps: int = 50
+    finetune_lr: float = 1e-4
     seed: int = 0
 
     method: ClassVar[str] = "crvq"
@@ -269,6 +281,9 @@ class CRVQConfig(ConfigBase):
         _check_range("tol", self.tol, 0.0, 1.0)
         _check_range("adam_steps", self.adam_steps, 0, 100_000)
         _check_range("lr", self.lr, 0.0, 1.0)
+        _check_range("kmeans_iters", self.kmeans_iters, 0, 10_000)
+        _check_range("finetune_steps", self.finetune_steps, 0, 100_000)
+        _check_range("finetune_lr", self.finetune_lr, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -302,3 +317,8 @@ class AQLMConfig(ConfigBase):
         _check_range("codebook_bits", self.codebook_bits, 1, 16)
         _check_range("num_codebooks", self.num_codebooks, 1, 8)
         _check_range("beam_width", self.beam_width, 1, 64)
+        _check_range("epochs", self.epochs, 0, 1000)
+        _check_range("tol", self.tol, 0.0, 1.0)
+        _check_range("adam_steps", self.adam_steps, 0, 100_000)
+        _check_range("lr", self.lr, 0.0, 1.0)
+        _check_range("kmeans_iters", self.kmeans_iters, 0, 10_000)

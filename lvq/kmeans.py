@@ -22,7 +22,10 @@ from __future__ import annotations
 import torch
 
 # Points per chunk when computing point-to-centroid distances (bounds the [chunk, K] buffer).
-_CHUNK = 1 << 16
+_CHUNK = 1 << 14
+# k-means++ seeds from at most this many points per centroid (a uniform subsample): seeding is
+# sequential in K, and seeding quality does not need every point.
+_SEED_POINTS_PER_CENTROID = 16
 
 
 def nearest(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +36,7 @@ def nearest(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     for a in range(0, X.shape[0], _CHUNK):
         x = X[a:a + _CHUNK]
         # ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖²; the ‖x‖² term does not change the argmin
-        score = c2[None, :] - 2.0 * (x @ C.T)  # [chunk, K]
+        score = torch.addmm(c2[None, :], x, C.T, alpha=-2.0)  # [chunk, K]
         best, i = score.min(1)
         idx[a:a + _CHUNK] = i
         dist[a:a + _CHUNK] = (best + (x * x).sum(1)).clamp_min(0.0)
@@ -43,9 +46,13 @@ def nearest(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def kmeans_plus_plus(X: torch.Tensor, K: int, generator: torch.Generator,
                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centroid is a point drawn with
-    probability ∝ w_n · D(x_n)², D the distance to the nearest centroid chosen so far. -> C [K, d]."""
+    probability ∝ w_n · D(x_n)², D the distance to the nearest centroid chosen so far. -> C [K, d].
+    Seeds from a uniform subsample of at most 16·K points."""
+    w = torch.ones(X.shape[0], dtype=X.dtype, device=X.device) if weights is None else weights.to(X)
+    if X.shape[0] > _SEED_POINTS_PER_CENTROID * K:
+        pick = torch.randperm(X.shape[0], generator=generator)[: _SEED_POINTS_PER_CENTROID * K]
+        X, w = X[pick.to(X.device)], w[pick.to(X.device)]
     N = X.shape[0]
-    w = torch.ones(N, dtype=X.dtype, device=X.device) if weights is None else weights.to(X)
     first = int(torch.multinomial(w.cpu().double() + 1e-300, 1, generator=generator))
     C = X.new_empty(K, X.shape[1])
     C[0] = X[first]
@@ -63,14 +70,16 @@ def kmeans_plus_plus(X: torch.Tensor, K: int, generator: torch.Generator,
 
 def kmeans(X: torch.Tensor, K: int, iters: int = 20, seed: int = 0, init: str = "kmeans++",
            weights: torch.Tensor | None = None, C0: torch.Tensor | None = None,
-           tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+           tol: float = 0.0, max_points: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Weighted Lloyd k-means.
 
     X: [N, d] points; K: number of centroids; weights: [N] non-negative sample weights (None = 1);
     init: "kmeans++" or "points" (K distinct random data points), ignored when C0 [K, d] is given.
     Stops after ``iters`` iterations or when the relative drop of J is below ``tol``.
+    max_points: fit the centroids on a uniform subsample of at most this many points (then assign
+    every point); None = all points.
     Returns (C [K, d], assignment [N] int64, history) where history[t] is the weighted distortion
-    J after iteration t's assignment step (non-increasing; history[-1] is J of the returned pair).
+    J (on the fitted points) after iteration t's assignment step: non-increasing.
     """
     if X.dim() != 2 or X.shape[0] == 0:
         raise ValueError(f"k-means needs a non-empty [N, d] matrix, got shape {tuple(X.shape)}")
@@ -80,10 +89,15 @@ def kmeans(X: torch.Tensor, K: int, iters: int = 20, seed: int = 0, init: str = 
         raise ValueError(f"init must be 'kmeans++' or 'points', got {init!r}")
     if weights is not None and (weights.shape != X.shape[:1] or bool((weights < 0).any())):
         raise ValueError("weights must be a non-negative [N] tensor")
-    X = X.to(torch.float32)
-    N = X.shape[0]
-    w = torch.ones(N, dtype=X.dtype, device=X.device) if weights is None else weights.to(X)
+    X_all = X.to(torch.float32)
+    w = torch.ones(X_all.shape[0], dtype=X_all.dtype, device=X_all.device) if weights is None \
+        else weights.to(X_all)
     g = torch.Generator().manual_seed(seed)
+    X = X_all
+    if max_points is not None and X_all.shape[0] > max_points:
+        pick = torch.randperm(X_all.shape[0], generator=g)[:max_points].to(X_all.device)
+        X, w = X_all[pick], w[pick]
+    N = X.shape[0]
     if C0 is not None:
         C = C0.to(X).clone()
     elif init == "points":
@@ -114,12 +128,15 @@ def kmeans(X: torch.Tensor, K: int, iters: int = 20, seed: int = 0, init: str = 
         prev, cur = history[-2], history[-1]
         if prev > 0 and (prev - cur) / prev < tol:
             break
+    if X is not X_all:
+        a, _ = nearest(X_all, C)
     return C, a, history
 
 
 def residual_kmeans(X: torch.Tensor, sizes: list[int], counts: list[int] | None = None,
                     iters: int = 20, seed: int = 0, weights: torch.Tensor | None = None,
-                    init: str = "kmeans++") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                    init: str = "kmeans++", max_points: int | None = None, tol: float = 0.0
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Greedy residual k-means initialisation of M additive codebooks.
 
     X: [N, d]; sizes[k] = K_k entries of codebook k; counts[k] = how many leading points codebook k
@@ -135,7 +152,8 @@ def residual_kmeans(X: torch.Tensor, sizes: list[int], counts: list[int] | None 
     codes: list[torch.Tensor] = []
     for k, (K, n) in enumerate(zip(sizes, counts)):
         w = None if weights is None else weights[:n]
-        C, a, _ = kmeans(residual[:n], K, iters=iters, seed=seed + k, init=init, weights=w)
+        C, a, _ = kmeans(residual[:n], K, iters=iters, seed=seed + k, init=init, weights=w,
+                         max_points=max_points, tol=tol)
         residual[:n] -= C[a]
         books.append(C)
         codes.append(a)

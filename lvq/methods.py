@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from . import baselines
+from .errors import LvqError
 from .qweight import QuantizedWeight
 
 
@@ -33,9 +34,11 @@ def _registry() -> dict[str, Method]:
 
     entries = [
         Method("rtn", baselines.RTNConfig, baselines.quantize_rtn, baselines.RTNWeight,
-               "round-to-nearest, asymmetric min-max per group (scalar baseline)"),
+               "round-to-nearest, asymmetric min-max per group (scalar baseline)",
+               estimate_bits=baselines.estimate_bits),
         Method("gptq", baselines.GPTQConfig, baselines.quantize_gptq, baselines.RTNWeight,
-               "GPTQ: column-wise rounding with error feedback through the inverse Hessian"),
+               "GPTQ: column-wise rounding with error feedback through the inverse Hessian",
+               estimate_bits=baselines.estimate_bits),
     ]
     entries += glvq.METHOD_ENTRIES + crvq.METHOD_ENTRIES
     return {m.name: m for m in entries}
@@ -48,7 +51,7 @@ def method_names() -> list[str]:
 def get_method(name: str) -> Method:
     reg = _registry()
     if name not in reg:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(reg)}")
+        raise LvqError(f"unknown method {name!r}; available: {', '.join(reg)}")
     return reg[name]
 
 

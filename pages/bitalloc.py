@@ -28,7 +28,7 @@ def figures_for_run(run_dir: str | None):
 def build() -> Page:
     gr.Markdown(texts.BITALLOC_HELP)
     with gr.Row():
-        run = gr.Dropdown([], value=None, label="GLVQ run",
+        run = gr.Dropdown([], value=None, allow_custom_value=True, label="GLVQ run",
                           scale=4, elem_id="bitalloc-run")
         refresh = gr.Button("↻ Refresh runs", size="sm", scale=1)
     note = gr.Markdown()
@@ -43,6 +43,6 @@ def build() -> Page:
         return run_dropdown_update(state.run_choices("glvq"), current)
 
     run.change(figures_for_run, run, outs, api_name="bitalloc")
-    refresh.click(refresh_runs, run, run, queue=False)
+    refresh.click(refresh_runs, run, run, queue=False, api_name=False)
     return Page(refresh=refresh_runs, outputs=[run], refresh_inputs=[run],
                 load=lambda: run_page_load("glvq", figures_for_run), load_outputs=[run, *outs])

@@ -21,7 +21,7 @@ def _critical_ratio(run_dir: str) -> float | None:
     import lvq
 
     try:
-        return float(lvq.read_run_info(run_dir)["method"].get("critical_ratio"))
+        return float(lvq.read_run_info(state.run_path(run_dir))["method"].get("critical_ratio"))
     except (ValueError, TypeError, KeyError, OSError):
         return None
 
@@ -68,8 +68,8 @@ def _run_choices():
 def build() -> Page:
     gr.Markdown(texts.CHANNELS_HELP)
     with gr.Row():
-        run = gr.Dropdown([], value=None, label="CRVQ / AQLM run", scale=3, elem_id="channels-run")
-        layer = gr.Dropdown([], value=None, label="Layer", scale=3)
+        run = gr.Dropdown([], value=None, allow_custom_value=True, label="CRVQ / AQLM run", scale=3, elem_id="channels-run")
+        layer = gr.Dropdown([], value=None, allow_custom_value=True, label="Layer", scale=3)
         refresh = gr.Button("↻ Refresh runs", size="sm", scale=1)
     note = gr.Markdown()
     imp = gr.Plot(label="Channel importance")
@@ -89,7 +89,7 @@ def build() -> Page:
 
     run.change(select_run, run, [layer, *outs], api_name="channels")
     layer.input(layer_figures, [run, layer], outs, api_name=False)
-    refresh.click(refresh_runs, run, run, queue=False)
+    refresh.click(refresh_runs, run, run, queue=False, api_name=False)
     return Page(refresh=refresh_runs, outputs=[run], refresh_inputs=[run], load=load,
                 load_outputs=[run, layer, *outs])
 

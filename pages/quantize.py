@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -204,8 +205,9 @@ def _work(model_name, cfg, calib, eval_windows, cancel, events: queue.Queue) -> 
             text = lvq.eval_text(calib.corpus)
             metrics["ppl"] = lvq.perplexity(result.model, result.tokenizer, text, seqlen=calib.seqlen,
                                             max_windows=eval_windows)
+            name = calib.corpus if calib.corpus in lvq.list_corpora() else f"uploaded {Path(calib.corpus).name}"
             protocol = (f"last {eval_windows} non-overlapping windows of {calib.seqlen} tokens of the "
-                        f"evaluation part of `{calib.corpus}`")
+                        f"evaluation part of `{name}`")
             metrics.update(eval_corpus=calib.corpus, eval_seqlen=calib.seqlen, eval_windows=eval_windows)
         if cancel.is_set():
             raise lvq.Cancelled("cancelled before saving")
@@ -277,16 +279,16 @@ def cancel_run(request: gr.Request) -> str:
 # ----------------------------------------------------------------------------------------------
 def _widget(cls, method: str, field: str, kind: str, opts: dict, help_: str):
     default = {f.name: f.default for f in dataclasses.fields(cls)}[field]
-    label = LABELS.get(field, field)
+    label, eid = LABELS.get(field, field), f"{method}-{field}"
     if kind == "checkbox":
-        return gr.Checkbox(value=bool(default), label=label, info=help_)
+        return gr.Checkbox(value=bool(default), label=label, info=help_, elem_id=eid)
     if kind == "dropdown":
         choices = list(opts["choices"])
         if default not in choices:
             choices = sorted(set(choices) | {default})
-        return gr.Dropdown(choices=choices, value=default, label=label, info=help_)
+        return gr.Dropdown(choices=choices, value=default, label=label, info=help_, elem_id=eid)
     value = min(max(default, opts["minimum"]), opts["maximum"])
-    return gr.Slider(value=value, label=label, info=help_, **opts)
+    return gr.Slider(value=value, label=label, info=help_, elem_id=eid, **opts)
 
 
 def build() -> Page:
@@ -319,11 +321,11 @@ def build() -> Page:
                                  info="hub corpora (wikitext2, c4) need a network")
             upload = gr.File(label="Your text (.txt, UTF-8, ≤ 20 MB)", file_types=[".txt"],
                              visible=False, elem_id="calib-upload")
-            n_windows = gr.Slider(1, 256, value=32, step=1, label="Calibration windows",
+            n_windows = gr.Slider(1, 256, value=32, step=1, label="Calibration windows", elem_id="calib-windows",
                                   info="windows of seqlen tokens used to collect H = XᵀX")
             seqlen = gr.Dropdown([64, 128, 256, 512, 1024, 2048], value=512, label="Sequence length (tokens)",
                                  info="for calibration and evaluation windows")
-            eval_windows = gr.Slider(0, 64, value=8, step=1, label="Evaluation windows",
+            eval_windows = gr.Slider(0, 64, value=8, step=1, label="Evaluation windows", elem_id="eval-windows",
                                      info="perplexity before/after on the disjoint evaluation text (0 = skip)")
             gr.Markdown(texts.CALIB_HELP)
     estimate = gr.Markdown(elem_id="estimate")
@@ -368,10 +370,10 @@ def build() -> Page:
     def show_upload(c):
         return gr.update(visible=(c == UPLOAD))
 
-    method.change(show_method, method, list(groups.values()), queue=False)
-    fast.click(apply_preset("fast"), method, flat_widgets, queue=False)
-    quality.click(apply_preset("quality"), method, flat_widgets, queue=False)
-    corpus.change(show_upload, corpus, upload, queue=False)
+    method.change(show_method, method, list(groups.values()), queue=False, api_name=False)
+    fast.click(apply_preset("fast"), method, flat_widgets, queue=False, api_name=False)
+    quality.click(apply_preset("quality"), method, flat_widgets, queue=False, api_name=False)
+    corpus.change(show_upload, corpus, upload, queue=False, api_name=False)
     gr.on([model.change, method.change] + [w.change for w in flat_widgets], describe,
           [model, method, *flat_widgets], [config, estimate], trigger_mode="always_last",
           show_progress="hidden", api_name=False)

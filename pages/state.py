@@ -212,11 +212,23 @@ def new_run_dir(model: str, method: str, bits: float | None) -> Path:
     short = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name)[:40].strip("-") or "model"
     b = f"-{bits:g}b" if bits is not None else ""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = runs_root() / f"{short}-{method}{b}-{stamp}"
+    base = runs_root().resolve() / f"{short}-{method}{b}-{stamp}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1
     return path
+
+
+def run_path(run_dir: str | None) -> str:
+    """A run folder inside ``runs_root()`` (the UI opens no other folder); ValueError otherwise."""
+    if not run_dir:
+        raise ValueError("no run selected")
+    root = runs_root().resolve()
+    p = Path(run_dir)
+    p = (p if p.is_absolute() else root / p).resolve()
+    if root not in p.parents or not p.is_dir():
+        raise ValueError(f"{run_dir} is not a saved run of this dashboard")
+    return str(p)
 
 
 def _load_report(run_dir: str):
@@ -234,7 +246,7 @@ REPORTS = KeyedCache(_load_report, max_items=8)      # run dir -> Report (small 
 
 def load_report(run_dir: str):
     """The report of a saved run, without loading its model."""
-    return REPORTS.get(str(run_dir))
+    return REPORTS.get(run_path(run_dir))
 
 
 def _load_config(name: str):

@@ -1,0 +1,314 @@
+"""Command line: ``python -m lvq {models,quantize,eval,sweep,runs,chat}``.
+
+Every command prints human-readable output, or JSON with ``--json``. User errors (bad settings,
+unknown model, short text, bad run folder) print one clear line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import Cancelled, LvqError
+
+
+def _emit(args, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config from command-line settings
+# ----------------------------------------------------------------------------------------------
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if "," in v:
+        return tuple(_parse_value(x) for x in v.split(","))
+    return v
+
+
+def build_config(method: str, preset: str | None, bits: float | None, group_size: int | None,
+                 settings: list[str]):
+    """A method config from CLI flags: preset, then --bits/--group-size, then --set k=v pairs."""
+    from .methods import get_method
+
+    cls = get_method(method).config_cls
+    fields = {f.name for f in dataclasses.fields(cls)}
+    over: dict[str, Any] = {}
+    if bits is not None:
+        if "bits" not in fields:
+            raise LvqError(f"{method} has no 'bits' setting; its size follows from "
+                           f"{', '.join(sorted(fields & {'dim', 'codebook_bits', 'num_codebooks', 'num_extended'}))}")
+        over["bits"] = int(bits) if method in ("rtn", "gptq") and float(bits).is_integer() else bits
+    if group_size is not None:
+        if "group_size" not in fields:
+            raise LvqError(f"{method} has no 'group_size' setting")
+        over["group_size"] = group_size
+    for kv in settings:
+        if "=" not in kv:
+            raise LvqError(f"--set expects key=value, got {kv!r}")
+        k, v = kv.split("=", 1)
+        if k not in fields:
+            raise LvqError(f"{method} has no setting {k!r}; settings: {', '.join(sorted(fields))}")
+        over[k] = _parse_value(v)
+    try:
+        return cls.preset(preset, **over) if preset else cls(**over)
+    except (TypeError, ValueError) as e:
+        raise LvqError(f"invalid {method} settings: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from .models import list_models
+
+    rows = list_models(args.path)
+    lines = [f"{'name':<20} {'source':<8} {'available':<9} note"]
+    for r in rows:
+        lines.append(f"{r['name']:<20} {r['source']:<8} {str(r['available']):<9} {r['note']}")
+    lines.append("Hub ids (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) load where a network exists.")
+    _emit(args, rows, "\n".join(lines))
+    return 0
+
+
+def _progress_bar(total_hint: int = 0):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_hint or None, unit="layer", file=sys.stderr, dynamic_ncols=True)
+
+    def cb(step: int, total: int, msg: str) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = step
+        bar.set_description(msg[:48])
+        bar.refresh()
+    return bar, cb
+
+
+def _quantize_and_save(model_name: str, cfg, calib, out: Path, eval_windows: int, eval_seqlen: int,
+                       overwrite: bool, quiet: bool = False, eval_fp: bool = True) -> dict[str, Any]:
+    from .data import eval_text
+    from .eval import perplexity
+    from .models import load_model
+    from .pipeline import quantize_model
+    from .runs import save_run
+
+    if out.exists() and not overwrite:
+        raise LvqError(f"{out} already exists; pass --overwrite or choose another --out")
+    model, tok = load_model(model_name)
+    text = eval_text(calib.corpus)
+    metrics: dict[str, Any] = {"eval_seqlen": eval_seqlen, "eval_windows": eval_windows,
+                               "eval_text": f"{calib.corpus} (evaluation part)"}
+    if eval_fp and eval_windows:
+        metrics["ppl_fp"] = perplexity(model, tok, text, eval_seqlen, eval_windows)
+    bar, cb = _progress_bar() if not quiet else (None, None)
+    cancel = threading.Event()
+    try:
+        result = quantize_model(model, tok, cfg, calib=calib, progress=cb, cancel=cancel)
+    except KeyboardInterrupt:
+        raise Cancelled("interrupted; nothing was saved") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if eval_windows:
+        metrics["ppl"] = perplexity(model, tok, text, eval_seqlen, eval_windows)
+    save_run(result, out, metrics=metrics, overwrite=overwrite)
+    return {**result.metrics, **metrics, "run": str(out), "config": cfg.to_dict()}
+
+
+def _summary(m: dict[str, Any]) -> str:
+    ppl = f"{m['ppl']:.2f}" if "ppl" in m else "-"
+    fp = f" (fp: {m['ppl_fp']:.2f})" if "ppl_fp" in m else ""
+    proto = f"seqlen {m.get('eval_seqlen')}, {m.get('eval_windows')} windows of {m.get('eval_text')}"
+    return (f"{m['config']['method']}: {m['bits_per_weight']:.3f} bits/weight, {m['model_mb']:.1f} MB "
+            f"(fp16 {m['fp16_mb']:.1f} MB), perplexity {ppl}{fp} [{proto}], "
+            f"{m['quant_time_s']:.0f} s, peak RAM {m['peak_rss_mb']:.0f} MB -> {m['run']}")
+
+
+def _calib(args):
+    from .config import CalibConfig
+
+    try:
+        return CalibConfig(corpus=args.corpus, n_windows=args.calib_windows, seqlen=args.calib_seqlen,
+                           seed=args.seed)
+    except ValueError as e:
+        raise LvqError(str(e)) from None
+
+
+def cmd_quantize(args) -> int:
+    cfg = build_config(args.method, args.preset, args.bits, args.group_size, args.set or [])
+    m = _quantize_and_save(args.model, cfg, _calib(args), Path(args.out), args.eval_windows,
+                           args.seqlen, args.overwrite)
+    _emit(args, m, _summary(m))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .data import eval_text, read_text_file
+    from .eval import n_windows, perplexity
+    from .models import load_model
+    from .runs import load_run
+
+    target = Path(args.target)
+    if (target / "run.json").is_file():
+        model, tok, _ = load_run(target)
+    else:
+        model, tok = load_model(args.target)
+    text = read_text_file(args.text) if args.text else eval_text(args.corpus)
+    where = args.text or f"{args.corpus} (evaluation part)"
+    ppl = perplexity(model, tok, text, args.seqlen, args.windows)
+    n = n_windows(tok, text, args.seqlen, args.windows)
+    data = {"target": args.target, "ppl": ppl, "seqlen": args.seqlen, "windows": n, "text": where}
+    _emit(args, data, f"perplexity {ppl:.3f} on {n} windows of {args.seqlen} tokens of {where}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """Cartesian product of --bits and --set k=v1,v2 lists -> one run each under --out."""
+    grids: dict[str, list[Any]] = {}
+    for kv in args.set or []:
+        if "=" not in kv:
+            raise LvqError(f"--set expects key=value[,value...], got {kv!r}")
+        k, v = kv.split("=", 1)
+        grids[k] = [_parse_value(x) for x in v.split(",")]
+    bits_list = args.bits or [None]
+    root = Path(args.out)
+    results = []
+    combos = list(itertools.product(bits_list, *grids.values()))
+    for combo in combos:
+        bits, *vals = combo
+        settings = [f"{k}={v}" for k, v in zip(grids, vals)]
+        cfg = build_config(args.method, args.preset, bits, args.group_size, settings)
+        name = "-".join([args.method] + ([f"b{bits:g}"] if bits is not None else [])
+                        + [f"{k}{v}" for k, v in zip(grids, vals)])
+        m = _quantize_and_save(args.model, cfg, _calib(args), root / name, args.eval_windows,
+                               args.seqlen, args.overwrite, eval_fp=not results)
+        results.append(m)
+        if not args.json:
+            print(_summary(m), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import list_runs
+
+    df = list_runs(args.root)
+    _emit(args, df.to_dict(orient="records"),
+          df.drop(columns=["config", "path"]).to_string(index=False) if len(df) else f"no runs under {args.root}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import chat_stream
+    from .models import load_model
+    from .runs import load_run
+
+    target = Path(args.target)
+    model, tok = (load_run(target)[:2] if (target / "run.json").is_file() else load_model(args.target))
+    messages: list[dict[str, str]] = []
+    prompts = [args.prompt] if args.prompt else None
+    while True:
+        if prompts is not None:
+            if not prompts:
+                return 0
+            user = prompts.pop()
+            print(f"> {user}")
+        else:
+            try:
+                user = input("> ")
+            except EOFError:
+                return 0
+            if user.strip() in ("/quit", "/exit"):
+                return 0
+        messages.append({"role": "user", "content": user})
+        shown = ""
+        for text in chat_stream(model, tok, messages, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature):
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        print()
+        messages.append({"role": "assistant", "content": shown})
+
+
+# ----------------------------------------------------------------------------------------------
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="bundled name, local HF folder or hub id")
+    p.add_argument("--method", required=True, help="rtn, gptq, glvq, crvq or aqlm")
+    p.add_argument("--preset", choices=["fast", "quality"], help="method preset")
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config setting")
+    p.add_argument("--corpus", default="wiki-bundled", help="corpus name or .txt path")
+    p.add_argument("--calib-windows", type=int, default=32)
+    p.add_argument("--calib-seqlen", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seqlen", type=int, default=512, help="evaluation window length")
+    p.add_argument("--eval-windows", type=int, default=32, help="evaluation windows (0: skip)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lvq", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("models", help="what can be loaded here")
+    p.add_argument("path", nargs="*", help="local folders to check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("quantize", help="quantize a model and save a run folder")
+    _add_quant_args(p)
+    p.add_argument("--bits", type=float)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_quantize)
+
+    p = sub.add_parser("sweep", help="many settings -> many runs (the run table)")
+    _add_quant_args(p)
+    p.add_argument("--bits", type=float, nargs="+")
+    p.add_argument("--out", default="runs")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("eval", help="perplexity of a run or a model on any text")
+    p.add_argument("target", help="run folder, bundled name, local folder or hub id")
+    p.add_argument("--text", help="a UTF-8 text file (default: the corpus's evaluation part)")
+    p.add_argument("--corpus", default="wiki-bundled")
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--windows", type=int, default=None, help="last N windows (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("runs", help="list saved runs")
+    p.add_argument("root", nargs="?", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_runs)
+
+    p = sub.add_parser("chat", help="chat with a run or a model (streams tokens)")
+    p.add_argument("target")
+    p.add_argument("--prompt", help="one prompt, then exit (default: interactive)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.set_defaults(fn=cmd_chat)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (LvqError, Cancelled, ValueError) as e:  # ValueError: a config refused a setting
+        print(f"error: {e}", file=sys.stderr)
+        return 2

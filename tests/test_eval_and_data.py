@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lvq
+from lvq.data import calibration_windows, read_text_file, tokenize
+
+
+def test_perplexity_matches_a_direct_computation(tiny_model_dir, tiny_corpus):
+    model, tok = lvq.load_model(str(tiny_model_dir), device="cpu")
+    text = lvq.eval_text(str(tiny_corpus))
+    ids = tokenize(tok, text)
+    n = ids.numel() // 32
+    windows = ids[: n * 32].view(n, 32)[-3:]
+    with torch.no_grad():
+        logits = model(windows).logits
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+    assert lvq.perplexity(model, tok, text, seqlen=32, max_windows=3, batch_size=2) == pytest.approx(
+        math.exp(float(nll)), rel=1e-5)
+
+
+def test_eval_text_too_short(tiny_model_dir):
+    model, tok = lvq.load_model(str(tiny_model_dir), device="cpu")
+    with pytest.raises(lvq.LvqError, match="too short"):
+        lvq.perplexity(model, tok, "a few words", seqlen=64)
+
+
+def test_calibration_windows_are_disjoint_and_seeded(tiny_model_dir, tiny_corpus):
+    _, tok = lvq.load_model(str(tiny_model_dir), device="cpu")
+    text = lvq.calibration_text(str(tiny_corpus))
+    a = calibration_windows(tok, text, 4, 16, seed=1)
+    b = calibration_windows(tok, text, 4, 16, seed=1)
+    assert a.shape == (4, 16) and torch.equal(a, b)
+    ids = tokenize(tok, text)
+    starts = [next(s for s in range(0, ids.numel() - 15, 16) if torch.equal(ids[s:s + 16], w)) for w in a]
+    assert len(set(starts)) == 4
+
+
+def test_file_corpus_split_is_disjoint(tiny_corpus, tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("\n\n".join(f"paragraph {i} " * 5 for i in range(10)))
+    cal, ev = lvq.corpus_split(str(f))
+    assert "paragraph 7" in cal and "paragraph 8" in ev
+    assert "paragraph 8" not in cal
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty"), (b"   \n ", "whitespace"), (b"\x00\x01\x02binary", "binary"), (b"\xff\xfe\xfa", "UTF-8"),
+])
+def test_bad_text_files(tmp_path, content, match):
+    f = tmp_path / "upload.txt"
+    f.write_bytes(content)
+    with pytest.raises(lvq.LvqError, match=match):
+        read_text_file(f)
+
+
+def test_oversized_text_file(tmp_path):
+    f = tmp_path / "big.txt"
+    f.write_text("x" * 2048)
+    with pytest.raises(lvq.LvqError, match="limit"):
+        read_text_file(f, max_bytes=1024)
+
+
+def test_unknown_corpus():
+    with pytest.raises(lvq.LvqError, match="unknown corpus"):
+        lvq.corpus_split("no-such-corpus")
+
+
+def test_bundled_corpus_split_is_disjoint():
+    cal, ev = lvq.corpus_split("wiki-bundled")
+    assert len(cal) > 1_000_000 and len(ev) > 200_000
+    cal_titles = {p.split("\n", 1)[0] for p in cal.split("\n\n") if p}
+    assert ev.startswith("Alabama") and "Alabama" not in cal_titles
+    assert "'''" not in cal and "[[" not in cal  # wiki markup removed

@@ -1,0 +1,181 @@
+"""Dashboard pages: each build() constructs; figure builders are checked on small synthetic tables."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pages import bitalloc, channels, chat, compare, figures, lattice, learn, quantize, state
+
+PAGES = [quantize, bitalloc, lattice, channels, compare, chat, learn]
+
+
+@pytest.fixture(autouse=True)
+def _runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LVQ_RUNS_DIR", str(tmp_path / "runs"))
+
+
+@pytest.mark.parametrize("module", PAGES, ids=lambda m: m.__name__)
+def test_each_page_builds(module):
+    with gr.Blocks():
+        page = module.build()
+    assert page.load is None or callable(page.load)
+    assert len(page.outputs) == 0 or page.refresh is not None
+
+
+def test_app_builds_with_every_tab():
+    import app
+
+    demo = app.build_app()
+    labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    assert labels == [title for title, _ in app.PAGES]
+    names = {d.get("api_name") for d in demo.config["dependencies"]}
+    assert {"quantize", "chat", "compare", "bitalloc", "lattice", "channels"} <= names
+
+
+def groups_table():
+    rows = []
+    for li, layer in enumerate(["0.q", "0.k", "1.q"]):
+        for g in range(4):
+            rows.append({"layer": layer, "group": g, "bits": [1, 2, 3, 2][(g + li) % 4],
+                         "salience": 10.0 ** (g - li), "err_after": 0.1 * (g + 1)})
+    return pd.DataFrame(rows)
+
+
+def test_bit_allocation_figures():
+    df = groups_table()
+    heat = figures.bits_heatmap(df)
+    z = np.array(heat.data[0].z, dtype=float)
+    assert z.shape == (3, 4) and list(heat.data[0].y) == ["0.q", "0.k", "1.q"]
+    assert z[1, 0] == 2 and z[2, 3] == 2          # layer 0.k group 0; layer 1.q group 3
+    assert "salience" in heat.data[0].hovertemplate and "error" in heat.data[0].hovertemplate
+    hist = figures.bits_histogram(df)
+    assert list(hist.data[0].x) == ["1", "2", "3"] and list(hist.data[0].y) == [3, 6, 3]
+    sc = figures.salience_vs_bits(df)
+    assert len(sc.data[0].x) == 12 and np.allclose(np.round(sc.data[0].y), df["bits"])
+    assert figures.bits_heatmap(pd.DataFrame()).layout.annotations  # empty -> a message
+
+
+def test_channel_figures():
+    imp = np.array([5.0, 0.1, 9.0, 0.3, 2.0, 0.2])
+    order = np.argsort(-imp)
+    rank = np.empty(6, int)
+    rank[order] = np.arange(6)
+    df = pd.DataFrame({"layer": "0.q", "channel": range(6), "importance": imp, "critical": rank < 2,
+                       "rank": rank, "err_basic": imp, "err_full": np.where(rank < 2, imp / 10, imp)})
+    fig = figures.channel_importance(df, 0.3)
+    assert list(fig.data[0].y) == sorted(imp, reverse=True)
+    assert list(fig.data[0].marker.color[:3]) == ["#d62728", "#d62728", "#9ecae1"]
+    assert fig.layout.shapes[0].x0 == 1.5                      # the λ cut after 2 critical channels
+    perm = figures.channel_permutation(df)
+    assert list(perm.data[0].y) == list(rank)
+    err = figures.channel_error(df)
+    assert len(err.data) == 2 and err.data[1].y[0] == pytest.approx(0.9)
+    cb = pd.DataFrame({"layer": "0.q", "codebook": [0] * 4 + [1] * 4, "code": list(range(4)) * 2,
+                       "count": [1, 1, 1, 1, 4, 0, 0, 0]})
+    usage = figures.codebook_usage(cb)
+    assert "2.00 of 2 bits" in usage.data[0].name and "0.00 of 2 bits" in usage.data[1].name
+
+
+def test_pareto_and_compare_figure():
+    df = pd.DataFrame({"label": list("abcde"), "method": ["rtn", "gptq", "glvq", "glvq", "crvq"],
+                       "bits_per_weight": [2.0, 2.0, 2.1, 3.0, 1.5], "ppl": [90.0, 40.0, 30.0, 35.0, 60.0]})
+    front = figures.pareto_front(df, "bits_per_weight")
+    assert list(front["label"]) == ["e", "b", "c"]
+    fig = figures.compare_figure(df, ppl_fp=22.6)
+    names = [t.name for t in fig.data]
+    assert names == ["crvq", "glvq", "gptq", "rtn", "Pareto front"]
+    assert fig.layout.shapes[0].y0 == 22.6 and fig.layout.yaxis.type == "log"
+    assert figures.compare_figure(df.iloc[:0]).layout.annotations
+
+
+def test_compare_table_merges_bench_and_runs(tmp_path):
+    bench = pd.DataFrame({"label": ["fp32", "rtn3"], "method": ["fp32", "rtn"], "bits_per_weight": [32, 3.5],
+                          "model_mb": [540, 80], "ppl": [22.6, 93.0], "seqlen": 512, "windows": 8})
+    runs = pd.DataFrame({"run": ["r1"], "method": ["glvq"], "bits_per_weight": [2.1], "model_mb": [60],
+                         "ppl": [40.0], "ppl_fp": [22.7]})
+    df = compare.combined_table(bench, runs)
+    assert list(df["source"]) == ["benchmark", "benchmark", "run"] and list(df["label"]) == ["fp32", "rtn3", "r1"]
+    assert compare.fp_reference(df) == 22.6
+    assert compare.fp_reference(df.iloc[1:]) == 22.7
+    assert state.load_bench(tmp_path / "missing.csv").empty
+    (tmp_path / "b.csv").write_text("label,method,bits_per_weight,ppl\nx,rtn,3,90\n")
+    assert set(state.load_bench(tmp_path / "b.csv").columns) >= set(state.BENCH_COLUMNS)
+
+
+def test_quantize_config_helpers():
+    s = quantize.settings_dict("rtn", {"bits": 3.0, "group_size": 64})
+    assert s == {"method": "rtn", "bits": 3, "group_size": 64} and isinstance(s["bits"], int)
+    cfg = quantize.build_config(json.dumps({"method": "glvq", "bits": 1.5, "dim": 8}))
+    assert cfg.method == "glvq" and cfg.bits == 1.5
+    with pytest.raises(ValueError, match="bits"):
+        quantize.build_config({"method": "rtn", "bits": 12})
+    with pytest.raises(ValueError, match="JSON"):
+        quantize.build_config("{")
+    for m in quantize._methods():
+        fields = {f for f, *_ in quantize.CONTROLS[m]}
+        quantize.build_config(quantize.settings_dict(m, {}))  # defaults are valid
+        assert fields <= set(quantize._config_cls(m)().to_dict())
+
+
+def test_upload_validation(tmp_path):
+    with pytest.raises(ValueError, match="no file"):
+        state.read_upload(None)
+    (tmp_path / "e.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        state.read_upload(str(tmp_path / "e.txt"))
+    (tmp_path / "b.txt").write_bytes(b"\x00\xff" * 10)
+    with pytest.raises(ValueError, match="binary"):
+        state.read_upload(str(tmp_path / "b.txt"))
+    (tmp_path / "ok.txt").write_text("hello world")
+    assert state.read_upload(str(tmp_path / "ok.txt")) == "hello world"
+
+
+def test_run_path_stays_inside_runs_root(tmp_path):
+    (state.runs_root() / "r").mkdir()
+    assert state.run_path("r").endswith("/r")
+    for bad in ("..", str(tmp_path), "missing", None):
+        with pytest.raises(ValueError):
+            state.run_path(bad)
+
+
+def test_lattice_group_view_reads_a_glvq_layer():
+    import lvq
+
+    torch.manual_seed(0)
+    W = torch.randn(16, 64)
+    qw = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0))
+    view = lattice.group_view(qw, 1, W)
+    assert view.G.shape == (8, 8) and view.Z.shape == (16 * 32 // 8, 8) and view.Y.shape == view.Z.shape
+    lo = -(1 << (view.bits - 1))
+    assert view.Z.min() >= lo and view.Z.max() <= -lo - 1
+    assert np.abs(view.Y).max() <= 1.01                 # normalised by fp16 row scales, companded
+    # decoded points G (z + ½) are what the layer stores for this group
+    decoded = lattice.group_view(qw, 1, None)
+    assert np.allclose(decoded.Y, (view.Z + 0.5) @ view.G.T)
+    fig = figures.lattice_figure(view.G[:2, :2], view.Y[:, :2], "t", offset=0.5, codes=view.Z[:, :2])
+    assert [t.name for t in fig.data] == ["Babai cells", "lattice points G(z+o)", "weight vectors", "used points"]
+
+
+def test_learn_figures_respond_to_their_sliders():
+    for key, fn, sliders in learn.SECTIONS:
+        args = [v for _l, _lo, _hi, v, _s in sliders] + (["Laplace"] if key == "companding" else [])
+        fig = fn(*args)
+        assert fig.data, key
+    a = learn.companding_figure(0.0, 2, "Laplace").layout.title.text
+    b = learn.companding_figure(100.0, 2, "Laplace").layout.title.text
+    assert a != b
+    _books, Xh1 = learn.additive_codebooks(np.random.default_rng(0).normal(size=(200, 2)), 1, 4)
+    _books, Xh3 = learn.additive_codebooks(np.random.default_rng(0).normal(size=(200, 2)), 3, 4)
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    assert ((X - Xh3) ** 2).mean() < ((X - Xh1) ** 2).mean()
+
+
+def test_chat_message_text_handles_gradio_parts():
+    assert chat.message_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "ab"
+    assert chat.plain_history([{"role": "user", "content": "hi", "metadata": None}]) == \
+        [{"role": "user", "content": "hi"}]

@@ -1,0 +1,104 @@
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lvq
+from lvq.calibration import HessianAccumulator, capture_block_inputs, decoder_blocks, linear_stages
+from lvq.data import calibration_windows, tokenize
+
+
+def test_hessian_accumulation_matches_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 7, 16, generator=g) for _ in range(4)]
+    acc = HessianAccumulator(16, torch.device("cpu"))
+    for b in batches:
+        acc.add(b)
+    X = torch.cat([b.reshape(-1, 16) for b in batches]).double()
+    assert acc.n == X.shape[0]
+    assert acc.H.dtype == torch.float64
+    assert torch.allclose(acc.H, X.T @ X / X.shape[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir):
+    return lvq.load_model(str(tiny_model_dir), device="cpu")
+
+
+def test_linear_stages_follow_the_data_flow(tiny, tiny_corpus):
+    model, tok = tiny
+    windows = calibration_windows(tok, lvq.calibration_text(str(tiny_corpus)), 2, 32)
+    inputs = capture_block_inputs(model, windows, 2, torch.device("cpu"))
+    stages = linear_stages(decoder_blocks(model)[0], inputs.hidden[0], inputs.kwargs[0])
+    assert [sorted(s) for s in stages] == [
+        ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_quantize_model_end_to_end_on_tiny_model(tiny, tiny_corpus):
+    model, tok = tiny
+    text = lvq.eval_text(str(tiny_corpus))
+    ppl_fp = lvq.perplexity(model, tok, text, seqlen=64)
+    calls = []
+    res = lvq.quantize_model(model, tok, lvq.GPTQConfig(bits=4, group_size=32),
+                             calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=4, seqlen=64),
+                             progress=lambda s, t, m: calls.append((s, t, m)))
+    n_linear = 7 * 2
+    assert [c[0] for c in calls] == list(range(n_linear + 1))
+    assert all(c[1] == n_linear for c in calls)
+    assert sum(isinstance(m, lvq.QuantizedLinear) for m in model.modules()) == n_linear
+    rep = res.report.layers
+    assert len(rep) == n_linear and set(rep["method"]) == {"gptq"}
+    assert (rep["rel_error"] < 0.05).all()  # 4 bits on a random layer: a few percent at most
+    assert res.metrics["bits_per_weight"] == pytest.approx(4 + 32 / 32)
+    ppl_q = lvq.perplexity(model, tok, text, seqlen=64)
+    assert abs(ppl_q / ppl_fp - 1) < 0.05
+
+
+def test_quantized_linear_forward_equals_dequantize(tiny):
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(24, 40, generator=g)
+    qw = lvq.quantize_layer(W, None, lvq.RTNConfig(bits=3, group_size=16))
+    bias = torch.randn(24, generator=g)
+    lin = lvq.QuantizedLinear(qw, bias=bias)
+    x = torch.randn(5, 40, generator=g)
+    ref = F.linear(x, qw.dequantize(), bias)
+    assert torch.allclose(lin(x), ref, atol=1e-6)
+    lin.set_cache(True)
+    assert torch.allclose(lin(x), ref, atol=1e-6)
+    # Stored as packed buffers, not a dense weight.
+    assert {n for n, _ in lin.named_buffers()} == {"codes", "scale", "zero", "bias"}
+    assert lin.codes.dtype == torch.uint8
+
+
+def test_cancel_stops_between_layers(tiny, tiny_corpus):
+    model, tok = tiny
+    stop = threading.Event()
+
+    def progress(step, total, msg):
+        if step == 3:
+            stop.set()
+    with pytest.raises(lvq.Cancelled):
+        lvq.quantize_model(model, tok, lvq.RTNConfig(bits=4, group_size=32),
+                           calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=2, seqlen=32),
+                           progress=progress, cancel=stop)
+    assert sum(isinstance(m, lvq.QuantizedLinear) for m in model.modules()) == 3
+
+
+def test_calibration_text_too_short(tiny, tiny_corpus):
+    model, tok = tiny
+    need = tokenize(tok, lvq.calibration_text(str(tiny_corpus))).numel()
+    with pytest.raises(lvq.LvqError, match="too short.*need"):
+        lvq.quantize_model(model, tok, lvq.RTNConfig(bits=4),
+                           calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=need, seqlen=64))
+
+
+def test_size_estimate_matches_the_real_size(tiny, tiny_corpus):
+    model, tok = tiny
+    cfg = lvq.GPTQConfig(bits=3, group_size=32)
+    est = lvq.estimate_size(model.config, cfg)
+    lvq.quantize_model(model, tok, cfg, calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=2, seqlen=32))
+    real = lvq.model_size(model)
+    assert est["bits_per_weight"] == pytest.approx(real["bits_per_weight"])
+    assert est["model_mb"] == pytest.approx(real["model_mb"])
