@@ -22,12 +22,13 @@ The math for one layer W [out, in] with input second moment H [in, in] (None = i
    straight-through estimator: Z is recomputed at every step and held fixed for the gradient.
    The best (G, μ) seen is kept; learning stops after cfg.steps or when the best objective has
    not improved by a relative cfg.tol for cfg.patience steps.
-7. Cross-group error feedback (optional, our addition measured in ALGORITHMS.md): groups are
-   quantized left to right; with U the upper Cholesky factor of the damped H⁻¹ and
-   M_g = U_gg⁻¹, group g minimises its error in the metric H_g = M_g M_gᵀ (the Schur complement:
-   the error that remains after the later columns compensate) and then the OBS update
-       W[:, later] −= (W_g − Ŵ_g) M_g U[g, later]
-   moves its error onto the columns not yet quantized. Without feedback H_g = H[g, g].
+7. Error feedback (optional, our addition; ALGORITHMS.md measured that it matters). With U the
+   upper Cholesky factor of the damped H⁻¹, GPTQ's OBS update moves quantization error onto the
+   columns not yet quantized. feedback_unit="vector" (default): the group is encoded one d-column
+   slice at a time, E_j = (W_j − Ŵ_j) U_jj⁻¹ and W[:, later] −= E_j U[j, later]; learning (6)
+   then scores Σ_j ‖E_j‖² (the targets each slice saw are held fixed for the gradient, like Z).
+   feedback_unit="group": joint Babai per group in the metric (U_ggᵀU_gg)⁻¹ (the Schur
+   complement), then one update of the later groups. Without feedback H_g = H[g, g].
 
 Our decisions where the paper is silent are listed in GLVQConfig's docstring (lvq/config.py).
 
@@ -38,6 +39,7 @@ no companding), the scales s (fp16 [out, n_groups]) and a 3-bit width tag per gr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,11 +91,16 @@ class _Codec:
             return step * param / vol
         return (step / vol) * param * B
 
-    def encode(self, V: torch.Tensor, gen: torch.Tensor, bits: int) -> torch.Tensor:
-        """Unsigned codes [ℓ, d] in [0, 2^b) for vectors V [ℓ, d]."""
+    def encode(self, V: torch.Tensor, gen: torch.Tensor, bits: int,
+               gen_inv: torch.Tensor | None = None) -> torch.Tensor:
+        """Unsigned codes [ℓ, d] in [0, 2^b) for vectors V [ℓ, d] (gen_inv: optional G⁻¹)."""
         if self.decoder == "nearest":
             return lat.nearest_encode(V / gen, self.kind, bits)
-        return lat.babai_encode(V, gen, bits) + (1 << (bits - 1))
+        return lat.babai_encode(V, gen, bits, gen_inv) + (1 << (bits - 1))
+
+    def inverse(self, gen: torch.Tensor) -> torch.Tensor | None:
+        """G⁻¹ for the Babai decoder (computed once per encoding pass), None otherwise."""
+        return None if self.decoder == "nearest" else torch.linalg.inv(gen.to(torch.float64))
 
     def decode(self, U: torch.Tensor, gen: torch.Tensor, bits: int) -> torch.Tensor:
         """Vectors [ℓ, d] of unsigned codes U [ℓ, d]; differentiable in ``gen``."""
@@ -254,7 +261,9 @@ def _unit_lattice(groups: list[_Group], mus: list[torch.Tensor | None], codec: _
 
 def _best_scale(groups: list[_Group], mus: list[torch.Tensor | None], L0: torch.Tensor,
                 codec: _Codec) -> tuple[torch.Tensor, float]:
-    """Multiply G₀ by the factor in SCALE_SEARCH with the lowest summed objective."""
+    """Multiply G₀ by the factor in SCALE_SEARCH with the lowest summed objective. For speed the
+    search scores the joint encoding (slice-wise feedback left out, targets held at W_g)."""
+    groups = [dataclasses.replace(g, Ub=None) for g in groups]
     best = (math.inf, L0)
     with torch.no_grad():
         for f in SCALE_SEARCH:
@@ -317,16 +326,18 @@ def _encode_vectorwise(Wr: torch.Tensor, n: int, s: torch.Tensor, gen: torch.Ten
     codes = torch.empty(out_f, n, dtype=torch.int64, device=Wr.device)
     Wq = torch.empty(out_f, n, dtype=Wr.dtype, device=Wr.device)
     err = 0.0
+    gen_inv = codec.inverse(gen)
+    Uinv = torch.linalg.inv(Ur[:n, :n].to(torch.float64)).to(Wr.dtype)  # diagonal blocks = U_jj⁻¹
     T = Wr[:, :n].clone()
     for j in range(0, n, d):
         k = j + d
         w = Wr[:, j:k]
         T[:, j:k] = w
         Y = w / s if mu is None else compress(w / s, mu)
-        c = codec.encode(Y, gen, bits)
+        c = codec.encode(Y, gen, bits, gen_inv)
         wq = _decode_group(c, bits, gen, mu, s, codec)
         codes[:, j:k], Wq[:, j:k] = c, wq
-        E = torch.linalg.solve_triangular(Ur[j:k, j:k], w - wq, upper=True, left=False)
+        E = (w - wq) @ Uinv[j:k, j:k]
         err += float((E * E).sum())
         if k < Wr.shape[1]:
             Wr[:, k:] -= E @ Ur[j:k, k:]

@@ -128,14 +128,17 @@ def clamp_singular_values(G: torch.Tensor, ref_sv: torch.Tensor, band: tuple[flo
 # ----------------------------------------------------------------------------------------------
 # Babai rounding-off (any generator)
 # ----------------------------------------------------------------------------------------------
-def babai_encode(X: torch.Tensor, G: torch.Tensor, bits: int) -> torch.Tensor:
+def babai_encode(X: torch.Tensor, G: torch.Tensor, bits: int,
+                 Ginv: torch.Tensor | None = None) -> torch.Tensor:
     """z = clamp(round(G⁻¹ x − ½), −2^{b−1}, 2^{b−1} − 1) for every row x of X [..., d].
 
-    G: [d, d]. Returns int64 [..., d]. Batched: one triangular-free solve via G⁻¹ for all rows.
+    G: [d, d] (Ginv: its inverse, when the caller already has it). Returns int64 [..., d].
+    Batched: one product with G⁻¹ for all rows.
     """
     lo, hi = code_range(bits)
-    Ginv = torch.linalg.inv(G.to(torch.float64)).to(X.dtype)
-    T = X @ Ginv.T
+    if Ginv is None:
+        Ginv = torch.linalg.inv(G.to(torch.float64))
+    T = X @ Ginv.to(X.dtype).T
     return torch.clamp(torch.round(T - 0.5), lo, hi).to(torch.int64)
 
 

@@ -100,7 +100,7 @@ def select_run(run_dir: str | None):
         except (ValueError, OSError):
             layers = []
     layer = layers[0] if layers else None
-    return (gr.update(choices=layers, value=layer),)
+    return gr.update(choices=layers, value=layer)
 
 
 def select_layer(run_dir: str | None, layer: str | None):

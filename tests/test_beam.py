@@ -6,6 +6,15 @@ import torch
 from lvq.beam import beam_search, candidate_losses, decode_additive, row_objective
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small ops: on a shared 2-core machine one thread is both faster and reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def problem(out=12, n_in=32, d=4, sizes=(8, 8), groups=None, seed=0):
     """Random W, correlated PSD H, scales, codebooks and codes (codebook k on the first n_k groups)."""
     g = torch.Generator().manual_seed(seed)

@@ -64,8 +64,6 @@ def test_dashboard_in_chromium(app_url, tiny_model_dir, tiny_corpus):
         model_box.fill(str(tiny_model_dir))
         model_box.press("Enter")
         page.get_by_role("button", name="Fast preset").click()
-        page.locator("#glvq-group_size input").fill("32")
-        page.locator("#glvq-group_size input").press("Enter")
         corpus = page.get_by_label("Calibration text", exact=True)
         corpus.fill("upload a .txt file")
         corpus.press("Enter")

@@ -4,6 +4,15 @@ import torch
 from lvq.kmeans import kmeans, nearest, residual_kmeans
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small ops: on a shared 2-core machine one thread is both faster and reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def blobs(n=600, d=4, k=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(k, d, generator=g) * 4
