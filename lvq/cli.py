@@ -124,6 +124,8 @@ def _quantize_and_save(model_name: str, cfg, calib, out: Path, eval_windows: int
             bar.close()
     if eval_windows:
         metrics["ppl"] = perplexity(model, tok, text, eval_seqlen, eval_windows)
+    import resource
+    metrics["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     save_run(result, out, metrics=metrics, overwrite=overwrite)
     return {**result.metrics, **metrics, "run": str(out), "config": cfg.to_dict()}
 
@@ -148,7 +150,16 @@ def _calib(args):
 
 
 def cmd_quantize(args) -> int:
-    cfg = build_config(args.method, args.preset, args.bits, args.group_size, args.set or [])
+    if args.config_json:
+        from .config import config_from_dict
+        try:
+            cfg = config_from_dict(json.loads(args.config_json))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise LvqError(f"--config-json is not a valid config: {e}") from None
+    elif not args.method:
+        raise LvqError("give --method (or --config-json)")
+    else:
+        cfg = build_config(args.method, args.preset, args.bits, args.group_size, args.set or [])
     m = _quantize_and_save(args.model, cfg, _calib(args), Path(args.out), args.eval_windows,
                            args.seqlen, args.overwrite)
     _emit(args, m, _summary(m))
@@ -177,6 +188,8 @@ def cmd_eval(args) -> int:
 
 def cmd_sweep(args) -> int:
     """Cartesian product of --bits and --set k=v1,v2 lists -> one run each under --out."""
+    if not args.method:
+        raise LvqError("give --method")
     grids: dict[str, list[Any]] = {}
     for kv in args.set or []:
         if "=" not in kv:
@@ -248,7 +261,7 @@ def cmd_chat(args) -> int:
 # ----------------------------------------------------------------------------------------------
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="bundled name, local HF folder or hub id")
-    p.add_argument("--method", required=True, help="rtn, gptq, glvq, crvq or aqlm")
+    p.add_argument("--method", help="rtn, gptq, glvq, crvq or aqlm")
     p.add_argument("--preset", choices=["fast", "quality"], help="method preset")
     p.add_argument("--group-size", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config setting")
@@ -273,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model and save a run folder")
     _add_quant_args(p)
     p.add_argument("--bits", type=float)
+    p.add_argument("--config-json", help="a whole method config as JSON (as stored in run.json)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_quantize)
 
