@@ -127,15 +127,31 @@ def estimate_size(model_or_config, cfg) -> dict[str, float]:
             "fp_mb": 16 * total / 8 / 1e6}
 
 
+class _StageDone(Exception):
+    """Raised by the Hessian hook: the rest of the block is not needed for this stage."""
+
+
 @torch.no_grad()
 def _stage_hessian(block: nn.Module, stage: list[str], inputs, device) -> torch.Tensor:
-    """H = XᵀX/n of the input shared by the linears of ``stage``: one pass over all batches."""
+    """H = XᵀX/n of the input shared by the linears of ``stage``.
+
+    One pass over all calibration batches that stops each forward as soon as the stage's input
+    has been seen, so the q/k/v stage costs a norm, not a block.
+    """
     mod = block.get_submodule(stage[0])
     acc = HessianAccumulator(mod.in_features, device)
-    handle = mod.register_forward_hook(lambda m, inp, out: acc.add(inp[0]))
+
+    def hook(m, inp):
+        acc.add(inp[0])
+        raise _StageDone
+
+    handle = mod.register_forward_pre_hook(hook)
     try:
         for hs, kw in zip(inputs.hidden, inputs.kwargs):
-            run_block(block, hs, kw)
+            try:
+                run_block(block, hs, kw)
+            except _StageDone:
+                pass
     finally:
         handle.remove()
     return acc.H
