@@ -140,7 +140,14 @@ def write_markdown(cmdline: str) -> None:
              "tags, codebooks, permutations); model MB = those linears plus every other tensor at "
              "16 bits. Peak RAM is the peak resident memory of the process that loaded, "
              "quantized, evaluated and saved the model.", "",
-             f"Command: `{cmdline}`", ""]
+             "Commands that produced the tables below (each section keeps its latest rows):", ""]
+    log = ASSETS / "commands.txt"
+    done = log.read_text().splitlines() if log.is_file() else []
+    if cmdline not in done:
+        done.append(cmdline)
+        ASSETS.mkdir(parents=True, exist_ok=True)
+        log.write_text("\n".join(done) + "\n")
+    parts += [f"    {c}" for c in done] + [""]
     titles = {"model": "Model-level: fp32, RTN, GPTQ, GLVQ, AQLM, CRVQ (same run, same texts)",
               "ablation": "GLVQ ablation at 2 bpw (each part switched off)",
               "sweep": "CRVQ sweep: λ × m at e = 8 (paper Figure 4)",
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lvq.bench")
     ap.add_argument("--sections", default="model,ablation,gaussian,layers,sweep")
     ap.add_argument("--only", help="comma-separated labels to (re)run within the sections")
+    ap.add_argument("--skip", help="comma-separated labels to leave as they are")
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--seqlen", type=int, default=512)
@@ -174,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cmdline = "python -m lvq.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     only = set(args.only.split(",")) if args.only else None
+    skip = set(args.skip.split(",")) if args.skip else set()
     for section in args.sections.split(","):
-        if section == "model" and (only is None or "fp32 (reference)" in only):
+        if section == "model" and (only is None or "fp32 (reference)" in only) and "fp32 (reference)" not in skip:
             _append("model", fp_row(args))
         if section in ("model", "ablation", "sweep"):
             for label, cfg in model_entries(section):
-                if only is None or label in only:
+                if (only is None or label in only) and label not in skip:
                     _append(section, quant_row(label, cfg, args))
                     write_markdown(cmdline)
         elif section == "gaussian":
