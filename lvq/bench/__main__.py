@@ -140,6 +140,9 @@ def write_markdown(cmdline: str) -> None:
              "tags, codebooks, permutations); model MB = those linears plus every other tensor at "
              "16 bits. Peak RAM is the peak resident memory of the process that loaded, "
              "quantized, evaluated and saved the model.", "",
+             "Timing caveat: on this 2-core machine some entries ran while another benchmark "
+             "process (or the test suite) shared the cores; quant_time_s is then up to about 2x "
+             "the solo figure. Perplexity and bits are unaffected.", "",
              "Commands that produced the tables below (each section keeps its latest rows):", ""]
     log = ASSETS / "commands.txt"
     done = log.read_text().splitlines() if log.is_file() else []
