@@ -37,11 +37,6 @@ class QuantizedLinear(nn.Module):
         self.cache = cache
         self._decoded: torch.Tensor | None = None
 
-    @classmethod
-    def empty_like_state(cls, weight_cls: type[QuantizedWeight], tensors: dict[str, torch.Tensor],
-                         meta: dict[str, Any], bias: torch.Tensor | None = None) -> "QuantizedLinear":
-        return cls(weight_cls.from_state(tensors, meta), bias=bias)
-
     def qweight(self) -> QuantizedWeight:
         """The stored form as a QuantizedWeight (views of this module's buffers)."""
         return self.weight_cls.from_state({n: getattr(self, n) for n in self.state_names}, self.meta)

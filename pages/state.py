@@ -28,8 +28,6 @@ ASSETS = REPO / "assets"
 BENCH_CSV = ASSETS / "bench_results.csv"
 BENCH_COLUMNS = ["label", "method", "bits_per_weight", "model_mb", "ppl", "seqlen", "windows",
                  "quant_time_s", "peak_rss_mb"]
-RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
-               "quant_time_s", "created", "config"]
 UPLOAD_LIMIT_BYTES = 20 * 2**20
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -184,13 +182,7 @@ def list_runs() -> pd.DataFrame:
     """The run table of ``runs_root()`` (empty with the usual columns when there is none)."""
     import lvq
 
-    try:
-        df = lvq.list_runs(runs_root())
-    except FileNotFoundError:
-        df = None
-    if df is None or len(df) == 0:
-        return pd.DataFrame(columns=RUN_COLUMNS)
-    return df
+    return lvq.list_runs(runs_root())
 
 
 def run_choices(method: str | None = None) -> list[tuple[str, str]]:
