@@ -15,6 +15,7 @@ every linear; ``cancel`` (a threading.Event or a callable) is checked between li
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -127,6 +128,21 @@ def estimate_size(model_or_config, cfg) -> dict[str, float]:
             "fp_mb": 16 * total / 8 / 1e6}
 
 
+@contextmanager
+def _decode_once(block: nn.Module):
+    """Within the block, each QuantizedLinear decodes its weight once and keeps the dense copy
+    (calibration passes run many batches through the same weights); the copies are dropped on
+    exit, so at most one block's dense weights are held at a time."""
+    qlins = [m for m in block.modules() if isinstance(m, QuantizedLinear)]
+    for m in qlins:
+        m.set_cache(True)
+    try:
+        yield
+    finally:
+        for m in qlins:
+            m.set_cache(False)
+
+
 class _StageDone(Exception):
     """Raised by the Hessian hook: the rest of the block is not needed for this stage."""
 
@@ -199,7 +215,8 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                 with torch.no_grad():
                     targets = [run_block(block, hs, kw) for hs, kw in zip(inputs.hidden, inputs.kwargs)]
             for stage in stages:
-                H = _stage_hessian(block, stage, inputs, dev)
+                with _decode_once(block):
+                    H = _stage_hessian(block, stage, inputs, dev)
                 peak = max(peak, _rss_mb())
                 for name in stage:
                     if _is_cancelled(cancel):
@@ -233,7 +250,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                 for r in layer_rows:
                     if r["block"] == b:
                         r.update({f"finetune_{k}": v for k, v in (metrics or {}).items()})
-            with torch.no_grad():
+            with torch.no_grad(), _decode_once(block):
                 inputs.hidden = [run_block(block, hs, kw) for hs, kw in zip(inputs.hidden, inputs.kwargs)]
             block.to(home)
             peak = max(peak, _rss_mb())
