@@ -8,11 +8,13 @@ interrupted benchmark keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -68,8 +70,24 @@ def quant_row(label: str, cfg, args) -> dict:
             "peak_rss_mb": m["process_peak_rss_mb"], "config": json.dumps(cfg.to_dict())}
 
 
-def _append(section: str, row: dict) -> None:
+@contextmanager
+def _locked():
+    """Serialise writes of the result files between concurrent benchmark processes."""
     ASSETS.mkdir(parents=True, exist_ok=True)
+    with open(ASSETS / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _append(section: str, row: dict) -> None:
+    with _locked():
+        _append_unlocked(section, row)
+
+
+def _append_unlocked(section: str, row: dict) -> None:
     f = ASSETS / f"{section}.csv"
     df = pd.read_csv(f) if f.is_file() else pd.DataFrame(columns=COLUMNS)
     df = df[df["label"] != row["label"]]
@@ -127,6 +145,11 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def write_markdown(cmdline: str) -> None:
+    with _locked():
+        _write_markdown_unlocked(cmdline)
+
+
+def _write_markdown_unlocked(cmdline: str) -> None:
     parts = ["# Benchmarks", "",
              "All figures measured on this repository's machine (2 CPU cores, no GPU) by the command "
              "below; nothing is copied from papers. Bundled model: SmolLM2-135M-Instruct, whose "
@@ -186,13 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     cmdline = "python -m lvq.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     only = set(args.only.split(",")) if args.only else None
     skip = set(args.skip.split(",")) if args.skip else set()
+    measured: dict[str, dict] = {}  # config JSON -> row, so identical entries run once
     for section in args.sections.split(","):
         if section == "model" and (only is None or "fp32 (reference)" in only) and "fp32 (reference)" not in skip:
             _append("model", fp_row(args))
         if section in ("model", "ablation", "sweep"):
             for label, cfg in model_entries(section):
                 if (only is None or label in only) and label not in skip:
-                    _append(section, quant_row(label, cfg, args))
+                    key = json.dumps(cfg.to_dict(), sort_keys=True)
+                    if key in measured:  # the same config already ran in this invocation
+                        row = {**measured[key], "label": label}
+                    else:
+                        row = measured[key] = quant_row(label, cfg, args)
+                    _append(section, row)
                     write_markdown(cmdline)
         elif section == "gaussian":
             from . import crvq, glvq

@@ -109,9 +109,12 @@ def model_configs() -> list[tuple[str, object]]:
 
 def sweep_configs() -> list[tuple[str, CRVQConfig]]:
     """The paper's Figure 4: λ ∈ {0, 1%, 2%, 5%} × m ∈ {1, 2, 3}, d = 8, e = 8 (basic and
-    extended). λ = 0 has no critical channels whatever m is (AQLM with one codebook)."""
-    out = []
-    for lam in (0.0, 0.01, 0.02, 0.05):
+    extended). λ = 0 has no critical channels whatever m is (AQLM with one codebook), so it
+    is one entry, not three."""
+    out = [("crvq-l0 (= AQLM 1x8; m unused)",
+            CRVQConfig(dim=8, codebook_bits=8, num_extended=1, extended_bits=8, critical_ratio=0.0,
+                       **SWEEP_EFFORT))]
+    for lam in (0.01, 0.02, 0.05):
         for m in (1, 2, 3):
             out.append((f"crvq-l{lam * 100:g}-m{m}",
                         CRVQConfig(dim=8, codebook_bits=8, num_extended=m, extended_bits=8,
