@@ -169,9 +169,11 @@ class GLVQConfig(ConfigBase):
       singular values relative to G₀'s; learning stops after ``steps`` or ``patience`` steps
       without a relative improvement of ``tol``.
 
-    Cost (CPU time, one thread, 1536×576 layer, 2 bpw): fast ≈ 0.7 s, quality ≈ 4 s; the bundled
-    135M model (30 blocks × 7 linears, ≈ 4 such layers' weights per block) extrapolates to ≈ 1.5 min
-    (fast) and ≈ 8 min (quality) of quantization time, excluding calibration.
+    Cost, measured on the whole bundled SmolLM2-135M at 2 bpw (210 linears, 32×512 calibration
+    windows; ``python -m lvq.bench``): fast (10 steps) 228 s of quantization on this 2-core
+    machine when idle (366 s with another job on the other core), peak RSS 3.6 GB; quality (100
+    steps) 890 s with the other core busy. On 21 real layers (blocks 0, 7, 15) the geometric-mean
+    relative output error is 0.0406 without learning, 0.0385 fast, 0.0346 quality (5.6x fast's time).
     """
 
     bits: float = 2.0
