@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--gaussian-crvq-rows", type=int, default=None,
+                    help="rows of the Gaussian matrix for AQLM/CRVQ (default 256)")
     ap.add_argument("--gaussian-rows", type=int, default=None,
                     help="rows of the Gaussian matrix for GLVQ (default 4096)")
     args = ap.parse_args(argv)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import crvq, glvq
             ASSETS.mkdir(parents=True, exist_ok=True)
             glvq.gaussian_table(rows=args.gaussian_rows).to_csv(ASSETS / "gaussian_glvq.csv", index=False)
-            crvq.gaussian_table().to_csv(ASSETS / "gaussian_crvq.csv", index=False)
+            crvq.gaussian_table(rows=args.gaussian_crvq_rows).to_csv(ASSETS / "gaussian_crvq.csv", index=False)
         elif section == "layers":
             ASSETS.mkdir(parents=True, exist_ok=True)
             layers_section().to_csv(ASSETS / "layers.csv", index=False)

@@ -49,16 +49,17 @@ def _gaussian_configs() -> list[tuple[str, object]]:
     ]
 
 
-def gaussian_table(n: int = 4096, seed: int = 0) -> pd.DataFrame:
+def gaussian_table(n: int = 4096, seed: int = 0, rows: int | None = None) -> pd.DataFrame:
     """MSE per weight of AQLM and CRVQ on an i.i.d. N(0, 1) [rows, n] matrix with H = I.
 
-    rows = 256 (not n: a 4096 x 4096 layer takes too long on two CPU cores; the "rows" column says
-    so). Bits are given for the codes alone ("bpw_codes", the rate R of D(R)) and with everything
-    stored ("bpw_total": codebooks, scales, permutation). "gap_db" = 10·log10(mse / D(bpw_codes)).
+    rows defaults to 256 (``--gaussian-crvq-rows 4096`` gives the full square matrix; the "rows"
+    column says which ran). Bits are given for the codes alone ("bpw_codes", the rate R of D(R))
+    and with everything stored ("bpw_total": codebooks, scales, permutation). "gap_db" = 10·log10(mse / D(bpw_codes)).
     """
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(GAUSSIAN_ROWS, n, generator=g)
-    rows = []
+    n_rows = rows or GAUSSIAN_ROWS
+    W = torch.randn(n_rows, n, generator=g)
+    out = []
     for name, cfg in _gaussian_configs():
         t0 = time.perf_counter()
         q = _quantize(W, cfg)
@@ -67,13 +68,13 @@ def gaussian_table(n: int = 4096, seed: int = 0) -> pd.DataFrame:
         bpw_codes = (parts["codes_basic"] + parts["codes_extended"]) / nw
         mse = float(((W - q.dequantize()) ** 2).mean())
         bound = 2.0 ** (-2 * bpw_codes)
-        rows.append({
-            "method": cfg.method, "setting": name, "rows": GAUSSIAN_ROWS, "cols": n,
+        out.append({
+            "method": cfg.method, "setting": name, "rows": n_rows, "cols": n,
             "bpw_codes": bpw_codes, "bpw_total": q.bits_per_weight(), "mse": mse,
             "bound_D(R_codes)": bound, "bound_D(R_total)": 2.0 ** (-2 * q.bits_per_weight()),
             "gap_db": 10 * math.log10(mse / bound), "time_s": time.perf_counter() - t0,
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(out)
 
 
 def model_bits(cfg, shapes=SMOLLM2_SHAPES) -> float:
