@@ -308,6 +308,7 @@ def build() -> Page:
             with gr.Row():
                 fast = gr.Button("Fast preset", size="sm")
                 quality = gr.Button("Quality preset", size="sm")
+            gr.Markdown(texts.PRESETS_HELP)
             widgets: dict[str, dict[str, Any]] = {}
             groups = {}
             for m in methods:

@@ -21,6 +21,13 @@ evaluation text disjoint from the calibration text (non-overlapping windows; the
 printed next to each number). Runs are saved and appear in the run table and on every page.
 """
 
+PRESETS_HELP = """\
+<small>Presets, measured on the bundled 135M model on a 2-core CPU (quantization time; evaluation
+adds about a minute): GLVQ 2 bpw **fast** ≈ 4 min, **quality** ≈ 15 min ·
+CRVQ **fast** (0.85 bpw) ≈ 5 min, **quality** (the paper's d = 8, e = 8, m = 3, λ = 2 %) ≈ 25 min.
+A GPU is much faster. Numbers and commands: BENCHMARKS.md.</small>
+"""
+
 CALIB_HELP = """\
 Calibration text: the bundled Wikipedia articles work offline; hub corpora (WikiText-2, C4) need a
 network. Or upload your own UTF-8 `.txt` (at most 20 MB; its first 80 % of paragraphs calibrate,
