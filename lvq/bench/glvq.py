@@ -90,7 +90,7 @@ def ablation_configs() -> list[tuple[str, GLVQConfig]]:
         ("one global companding", full.replace(shared_companding=True)),
         ("no companding", full.replace(companding=False)),
         ("paper companding (mu in [10..255] for every group)", full.replace(identity_companding=False)),
-        ("no learning (G0, mu0)", full.replace(steps=0)),
+        ("no learning (G0 and mu0)", full.replace(steps=0)),
         ("group-level error feedback", full.replace(feedback_unit="group")),
         ("no error feedback (paper)", full.replace(error_feedback=False)),
         ("E8 nearest-point instead of learned Babai", full.replace(lattice="E8", decoder="nearest")),
