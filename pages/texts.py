@@ -22,10 +22,12 @@ printed next to each number). Runs are saved and appear in the run table and on 
 """
 
 PRESETS_HELP = """\
-<small>Presets, measured on the bundled 135M model on a 2-core CPU (quantization time; evaluation
-adds about a minute): GLVQ 2 bpw **fast** ≈ 4 min, **quality** ≈ 15 min ·
-CRVQ **fast** (0.85 bpw) ≈ 5 min, **quality** (the paper's d = 8, e = 8, m = 3, λ = 2 %) ≈ 25 min.
-A GPU is much faster. Numbers and commands: BENCHMARKS.md.</small>
+<small>Presets on the bundled 135M model, 2-core CPU (quantization time; loading and evaluation add
+about two minutes): GLVQ 2 bpw **fast** ≈ 4 min (perplexity ≈ 320–360), **quality** ≈ 15 min (235) ·
+CRVQ **fast** (0.89 bpw) ≈ 5 min (perplexity ≈ 5600: shows the mechanics near 1 bit, not a usable
+model; d = 4 with e = 8 and one 6-bit extended codebook: 2.10 bpw, ≈ 100, ≈ 15 min), **quality** (the paper's d = 8, e = 8, m = 3, λ = 2 %,
+1.34 bpw here) ≈ 25 min (estimated from per-layer timing). fp32: 25.5. A GPU is much faster.
+Numbers and commands: BENCHMARKS.md.</small>
 """
 
 CALIB_HELP = """\

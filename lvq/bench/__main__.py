@@ -144,6 +144,21 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+README_START, README_END = "<!-- bench:model -->", "<!-- /bench:model -->"
+
+
+def with_readme_table(readme: str, model: pd.DataFrame) -> str:
+    """``readme`` with the text between the bench markers replaced by the model-level table,
+    sorted by bits per weight so that entries of similar size sit together. Unchanged when the
+    markers are missing."""
+    i, j = readme.find(README_START), readme.find(README_END)
+    if i < 0 or j < i:
+        return readme
+    cols = ["label", "method", "bits_per_weight", "ppl", "quant_time_s", "peak_rss_mb"]
+    df = model.sort_values("bits_per_weight", kind="stable")[[c for c in cols if c in model.columns]]
+    return readme[:i + len(README_START)] + "\n" + markdown_table(df) + "\n" + readme[j:]
+
+
 def write_markdown(cmdline: str) -> None:
     with _locked():
         _write_markdown_unlocked(cmdline)
@@ -187,6 +202,9 @@ def _write_markdown_unlocked(cmdline: str) -> None:
         df = pd.read_csv(f).drop(columns=["section", "config"], errors="ignore")
         parts += [f"## {title}", "", markdown_table(df), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
+    readme = ROOT / "README.md"
+    if (ASSETS / "model.csv").is_file() and readme.is_file():
+        readme.write_text(with_readme_table(readme.read_text(), pd.read_csv(ASSETS / "model.csv")))
     frames = [pd.read_csv(ASSETS / f"{k}.csv") for k in ("model", "ablation", "sweep")
               if (ASSETS / f"{k}.csv").is_file()]
     if frames:

@@ -1,0 +1,30 @@
+"""The benchmark's table writers (the measurements themselves run in `make bench`)."""
+import pandas as pd
+
+from lvq.bench.__main__ import README_END, README_START, markdown_table, with_readme_table
+
+
+def _model_rows() -> pd.DataFrame:
+    return pd.DataFrame({"section": ["model"] * 3, "label": ["fp32", "glvq2", "crvq1"],
+                         "method": ["fp", "glvq", "crvq"], "bits_per_weight": [16.0, 2.148, 1.13],
+                         "ppl": [25.5, 319.0, 1638.0], "quant_time_s": [0.0, 366.4, 829.6],
+                         "peak_rss_mb": [float("nan"), 2979.0, 3222.0], "config": ["{}"] * 3})
+
+
+def test_markdown_table_formats_numbers_and_blanks_nan():
+    text = markdown_table(pd.DataFrame({"a": ["x"], "b": [1234.5678], "c": [float("nan")]}))
+    assert text.splitlines() == ["| a | b | c |", "|---|---|---|", "| x | 1235 |  |"]
+
+
+def test_readme_table_replaced_between_markers_sorted_by_size():
+    readme = f"intro\n{README_START}\nold table\n{README_END}\nafter\n"
+    out = with_readme_table(readme, _model_rows())
+    assert out.startswith("intro\n" + README_START + "\n| label |") and out.endswith(README_END + "\nafter\n")
+    assert "old table" not in out and "config" not in out
+    body = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if line.startswith("| ") and "label" not in line]
+    assert body == ["crvq1", "glvq2", "fp32"]
+    assert with_readme_table(out, _model_rows()) == out  # idempotent
+
+
+def test_readme_without_markers_is_left_alone():
+    assert with_readme_table("no markers here\n", _model_rows()) == "no markers here\n"
