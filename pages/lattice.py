@@ -69,6 +69,14 @@ def group_figures(run_dir: str | None, layer: str | None, group: float, coord_a:
         empty = figures.empty_figure("this layer has no lattice to show")
         return empty, empty, empty, empty, f"❌ {e}"
     d = view.G.shape[0]
+    mus = {f"group {g}": view.mu} if view.mu > 0 else {}
+    if qw.meta.get("decoder") == "nearest":  # codes index a standard lattice, not G (z + ½)
+        empty = figures.empty_figure(f"fixed {qw.meta['lattice']} lattice, nearest-point decoding")
+        note = (f"Group {g} of {n_groups} · d = {d} · {view.bits} bits · μ = {view.mu:.3g}. This run "
+                f"uses the fixed {qw.meta['lattice']} lattice (scaled per group) with exact nearest-point "
+                f"decoding: its cells are Voronoi cells in {d} dimensions, not the Babai parallelograms "
+                f"this page draws for learned lattices.")
+        return empty, empty, figures.mu_law_curve(mus), empty, note
     i, j = min(int(coord_a), d - 1), min(int(coord_b), d - 1)
     if i == j:
         j = (i + 1) % d
@@ -81,7 +89,6 @@ def group_figures(run_dir: str | None, layer: str | None, group: float, coord_a:
     step = float(np.sqrt(abs(np.linalg.det(G2)))) or 1.0
     grid = figures.lattice_figure(step * np.eye(2), V, "Integer grid with the same cell area",
                                   offset=0.5, extent=extent)
-    mus = {f"group {g}": view.mu} if view.mu > 0 else {}
     source = "original weights" if view.from_original else "decoded weights (original model unavailable)"
     note = (f"Group {g} of {n_groups} · d = {d} · {view.bits} bits · μ = {view.mu:.3g}"
             f"{' (no companding)' if view.mu == 0 else ''} · {len(V)} vectors from the {source}, "

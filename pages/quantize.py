@@ -48,6 +48,10 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
         ("bit_allocation", "checkbox", {}, "salience-driven bits: N−1 / N / N+1 per group"),
         ("shared_lattice", "checkbox", {}, "one lattice for the whole layer (ablation)"),
         ("error_feedback", "checkbox", {}, "push each group's error onto later columns through H"),
+        ("lattice", "dropdown", dict(choices=["learned", "Z", "D", "E8"]),
+         "learned: a trained G per group; Z, D, E8: a fixed standard lattice, scaled per group (E8 needs d = 8)"),
+        ("decoder", "dropdown", dict(choices=["babai", "nearest"]),
+         "babai: z = round(G⁻¹x); nearest: the exact closest lattice point (standard lattices only)"),
     ],
     "crvq": [
         ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d (consecutive input columns)"),
@@ -73,6 +77,7 @@ LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp
           "act_order": "Activation order", "dim": "Dimension d", "steps": "Steps",
           "companding": "Companding", "bit_allocation": "Bit allocation",
           "shared_lattice": "Shared lattice", "error_feedback": "Error feedback",
+          "lattice": "Lattice", "decoder": "Decoder",
           "codebook_bits": "Codebook bits", "num_extended": "Extended codebooks",
           "extended_bits": "Extended codebook bits", "critical_ratio": "Critical ratio λ",
           "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks"}

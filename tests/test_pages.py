@@ -179,3 +179,30 @@ def test_chat_message_text_handles_gradio_parts():
     assert chat.message_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "ab"
     assert chat.plain_history([{"role": "user", "content": "hi", "metadata": None}]) == \
         [{"role": "user", "content": "hi"}]
+
+
+def test_lattice_page_says_so_for_a_nearest_point_run(monkeypatch):
+    """An E8 / nearest-point layer has no Babai parallelograms to draw: the page says why."""
+    import lvq
+
+    torch.manual_seed(0)
+    W = torch.randn(16, 64)
+    qw = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0,
+                                                    lattice="E8", decoder="nearest"))
+    monkeypatch.setattr(lvq, "load_layer", lambda path, layer: qw)
+    monkeypatch.setattr(state, "run_path", lambda run: "/nowhere/" + run)
+    monkeypatch.setattr(lattice, "_original_weight", lambda run, layer: W)
+    figs = lattice.group_figures("r", "l", 1, 0, 1)
+    assert "nearest-point decoding" in figs[-1] and "E8" in figs[-1]
+    learned = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0))
+    monkeypatch.setattr(lvq, "load_layer", lambda path, layer: learned)
+    figs = lattice.group_figures("r", "l", 1, 0, 1)
+    assert "Babai cells" in [t.name for t in figs[0].data]
+
+
+def test_quantize_controls_cover_the_lattice_choice():
+    settings = quantize.settings_dict("glvq", {"lattice": "E8", "decoder": "nearest", "dim": 8.0})
+    cfg = quantize.build_config(settings)
+    assert (cfg.lattice, cfg.decoder, cfg.dim) == ("E8", "nearest", 8)
+    with pytest.raises(ValueError, match="standard lattice"):
+        quantize.build_config({"method": "glvq", "lattice": "learned", "decoder": "nearest"})
