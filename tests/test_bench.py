@@ -28,3 +28,17 @@ def test_readme_table_replaced_between_markers_sorted_by_size():
 
 def test_readme_without_markers_is_left_alone():
     assert with_readme_table("no markers here\n", _model_rows()) == "no markers here\n"
+
+
+def test_sweep_grid_lays_rows_out_by_lambda_and_m():
+    import json
+
+    from lvq.bench.__main__ import sweep_grid
+
+    rows = [(0.0, 1, 2635.0, 1.088), (0.01, 1, 1447.0, 1.179), (0.01, 2, 1881.0, 1.256)]
+    df = pd.DataFrame({"label": ["a", "b", "c"], "ppl": [r[2] for r in rows], "bits_per_weight": [r[3] for r in rows],
+                       "config": [json.dumps({"critical_ratio": r[0], "num_extended": r[1]}) for r in rows]})
+    grid = sweep_grid(df)
+    assert list(grid.columns) == ["λ", "m = 1", "m = 2"] and list(grid["λ"]) == ["0%", "1%"]
+    assert grid.iloc[0].tolist() == ["0%", "2635 (1.088)", "2635 (1.088)"]  # λ = 0: m unused
+    assert grid.iloc[1].tolist() == ["1%", "1447 (1.179)", "1881 (1.256)"]

@@ -144,6 +144,24 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def sweep_grid(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The sweep rows as a λ × m grid of "ppl (bpw)" cells (λ = 0 has no extended codebooks, so
+    its one entry fills its whole row)."""
+    cells: dict[tuple[float, int], str] = {}
+    for row in sweep.itertuples(index=False):
+        cfg = json.loads(row.config)
+        cells[(cfg["critical_ratio"], cfg["num_extended"])] = f"{row.ppl:.4g} ({row.bits_per_weight:.3f})"
+    lams = sorted({lam for lam, _ in cells})
+    ms = sorted({m for _, m in cells})
+    out = []
+    for lam in lams:
+        line = {"λ": f"{lam * 100:g}%"}
+        for m in ms:
+            line[f"m = {m}"] = cells.get((lam, m), cells.get((lam, ms[0]), "") if lam == 0 else "")
+        out.append(line)
+    return pd.DataFrame(out)
+
+
 README_START, README_END = "<!-- bench:model -->", "<!-- /bench:model -->"
 
 
@@ -199,8 +217,14 @@ def _write_markdown_unlocked(cmdline: str) -> None:
         f = ASSETS / f"{key}.csv"
         if not f.is_file():
             continue
-        df = pd.read_csv(f).drop(columns=["section", "config"], errors="ignore")
+        raw = pd.read_csv(f)
+        if key == "sweep":
+            raw = raw.sort_values("label", kind="stable")
+        df = raw.drop(columns=["section", "config"], errors="ignore")
         parts += [f"## {title}", "", markdown_table(df), ""]
+        if key == "sweep" and "config" in raw:
+            parts += ["Perplexity (bits per weight) by critical ratio λ and extended codebooks m:", "",
+                      markdown_table(sweep_grid(raw)), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
     readme = ROOT / "README.md"
     if (ASSETS / "model.csv").is_file() and readme.is_file():
