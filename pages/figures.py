@@ -304,8 +304,10 @@ def compare_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float |
     fig.add_trace(go.Scatter(x=front[x], y=front["ppl"], mode="lines", name="Pareto front",
                              line=dict(color="#333", dash="dash", shape="hv"), hoverinfo="skip"))
     if ppl_fp is not None and np.isfinite(ppl_fp):
-        fig.add_hline(y=ppl_fp, line=dict(color="#444", dash="dot"),
-                      annotation_text=f"fp32 {ppl_fp:.2f}", annotation_position="bottom right")
+        fig.add_hline(y=ppl_fp, line=dict(color="#444", dash="dot"))
+        # Annotations on a log axis take log10(y) (shapes take y): the label must not stretch the axis.
+        fig.add_annotation(x=1, xref="paper", xanchor="right", yanchor="top", showarrow=False,
+                           y=float(np.log10(ppl_fp)) if log_y else ppl_fp, text=f"fp32 {ppl_fp:.2f}")
     titles = {"bits_per_weight": "bits per weight (all overhead counted)", "model_mb": "model size (MB)"}
     fig.update_layout(**{**_LAYOUT, "height": 480}, title="Perplexity vs size (lower-left is better)",
                       xaxis_title=titles.get(x, x), yaxis_title="perplexity",

@@ -90,6 +90,9 @@ def test_pareto_and_compare_figure():
     names = [t.name for t in fig.data]
     assert names == ["crvq", "glvq", "gptq", "rtn", "Pareto front"]
     assert fig.layout.shapes[0].y0 == 22.6 and fig.layout.yaxis.type == "log"
+    # the fp32 label sits at the line: on a log axis an annotation's y is log10(ppl)
+    assert abs(fig.layout.annotations[0].y - np.log10(22.6)) < 1e-9 and "22.60" in fig.layout.annotations[0].text
+    assert figures.compare_figure(df, ppl_fp=22.6, log_y=False).layout.annotations[0].y == 22.6
     assert figures.compare_figure(df.iloc[:0]).layout.annotations
 
 
