@@ -42,3 +42,12 @@ def test_sweep_grid_lays_rows_out_by_lambda_and_m():
     assert list(grid.columns) == ["λ", "m = 1", "m = 2"] and list(grid["λ"]) == ["0%", "1%"]
     assert grid.iloc[0].tolist() == ["0%", "2635 (1.088)", "2635 (1.088)"]  # λ = 0: m unused
     assert grid.iloc[1].tolist() == ["1%", "1447 (1.179)", "1881 (1.256)"]
+
+
+def test_sweep_caveat_names_both_efforts():
+    from lvq.bench.__main__ import _sweep_caveat
+    from lvq.bench.crvq import MODEL_EFFORT, SWEEP_EFFORT
+
+    text = _sweep_caveat()
+    for effort in (SWEEP_EFFORT, MODEL_EFFORT):
+        assert f"{effort['epochs']} epochs, {effort['adam_steps']} Adam steps" in text
