@@ -64,6 +64,8 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
          "λ: fraction of input channels treated as critical (1–5 % typical)"),
         ("beam_width", "slider", dict(minimum=1, maximum=8, step=1), "beam width of the code search"),
         ("epochs", "slider", dict(minimum=0, maximum=20, step=1), "code search / codebook update rounds"),
+        ("finetune", "checkbox", {},
+         "after each block: codes frozen, codebooks and scales trained to match the original block's outputs"),
     ],
     "aqlm": [
         ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d"),
@@ -80,7 +82,8 @@ LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp
           "lattice": "Lattice", "decoder": "Decoder",
           "codebook_bits": "Codebook bits", "num_extended": "Extended codebooks",
           "extended_bits": "Extended codebook bits", "critical_ratio": "Critical ratio λ",
-          "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks"}
+          "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks",
+          "finetune": "Block fine-tuning"}
 RUN_TABLE_COLUMNS = ["run", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
                      "quant_time_s", "created"]
 

@@ -105,6 +105,11 @@ def model_configs() -> list[tuple[str, object]]:
         ("aqlm-2x8-d8", AQLMConfig(dim=8, codebook_bits=8, num_codebooks=2, **e)),
         ("crvq-d4-m3e6", CRVQConfig(dim=4, codebook_bits=8, num_extended=3, extended_bits=6,
                                     critical_ratio=0.02, **e)),
+        # The paper's block fine-tuning (codes frozen) on the ~1.1 bpw entry, and the quality preset.
+        ("crvq-d8-m1e6 + block fine-tuning", CRVQConfig(dim=8, codebook_bits=8, num_extended=1,
+                                                        extended_bits=6, critical_ratio=0.02,
+                                                        finetune=True, **e)),
+        ("CRVQ quality preset (d8 e8 m3 λ2%)", CRVQConfig.preset("quality")),
     ]
 
 
