@@ -26,6 +26,22 @@ def _critical_ratio(run_dir: str) -> float | None:
         return None
 
 
+def finetune_note(rows: pd.DataFrame) -> str:
+    """One sentence on the block fine-tuning of this layer's block, "" when the run had none."""
+    if not len(rows) or "finetune_val_after" not in rows or pd.isna(rows["finetune_val_after"].iloc[0]):
+        return ""
+    r = rows.iloc[0]
+    before, after = float(r["finetune_val_before"]), float(r["finetune_val_after"])
+    head = f" Block fine-tuning of block {int(r['block']) + 1}"
+    best, ran = int(r["finetune_best_step"]), int(r["finetune_steps_run"])
+    if best == 0:
+        return (f"{head}: no pass of {ran} lowered the held-out relative output error ({before:.4g}), "
+                "so the codebooks from quantization were kept.")
+    change = f"{(after / before - 1):+.1%}" if before > 0 else "n/a"
+    return (f"{head}: held-out relative output error {before:.4g} → {after:.4g} ({change}; best after "
+            f"pass {best} of {ran} run).")
+
+
 def layer_figures(run_dir: str | None, layer: str | None):
     """(importance, permutation, codebook usage, per-channel error, note) for one layer of a run."""
     if not run_dir or not layer:
@@ -45,6 +61,7 @@ def layer_figures(run_dir: str | None, layer: str | None):
     n_crit = int(ch["critical"].astype(bool).sum()) if "critical" in ch else 0
     note = f"Layer `{layer}`: {len(ch)} input channels, {n_crit} critical." if len(ch) else \
         "This layer has no channel table (AQLM runs have no critical channels)."
+    note += finetune_note(of_layer("layers"))
     return (figures.channel_importance(ch, _critical_ratio(run_dir)), figures.channel_permutation(ch),
             figures.codebook_usage(cb), figures.channel_error(ch), note)
 

@@ -209,3 +209,19 @@ def test_quantize_controls_cover_the_lattice_choice():
     assert (cfg.lattice, cfg.decoder, cfg.dim) == ("E8", "nearest", 8)
     with pytest.raises(ValueError, match="standard lattice"):
         quantize.build_config({"method": "glvq", "lattice": "learned", "decoder": "nearest"})
+
+
+def test_channels_note_reports_block_finetuning():
+    rows = pd.DataFrame({"layer": ["3.mlp.up_proj"], "block": [3], "finetune_val_before": [0.2],
+                         "finetune_val_after": [0.15], "finetune_best_step": [7], "finetune_steps_run": [10]})
+    note = channels.finetune_note(rows)
+    assert "block 4" in note and "0.2 → 0.15" in note and "-25.0%" in note and "pass 7 of 10" in note
+    assert "no pass of 3" in channels.finetune_note(rows.assign(finetune_best_step=0, finetune_steps_run=3,
+                                                                 finetune_val_after=0.2))
+    assert channels.finetune_note(rows.drop(columns=["finetune_val_after"])) == ""  # run without fine-tuning
+    assert channels.finetune_note(pd.DataFrame()) == ""
+
+
+def test_quantize_controls_cover_crvq_finetuning():
+    cfg = quantize.build_config(quantize.settings_dict("crvq", {"finetune": True, "finetune_steps": 12.0}))
+    assert cfg.finetune is True and cfg.finetune_steps == 12

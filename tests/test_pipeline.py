@@ -102,3 +102,18 @@ def test_size_estimate_matches_the_real_size(tiny, tiny_corpus):
     real = lvq.model_size(model)
     assert est["bits_per_weight"] == pytest.approx(real["bits_per_weight"])
     assert est["model_mb"] == pytest.approx(real["model_mb"])
+
+
+def test_crvq_block_finetuning_is_recorded_per_layer(tiny, tiny_corpus):
+    """The pipeline runs the block fine-tuning after each block and reports its held-out losses
+    on every layer of that block (the Channels page shows them)."""
+    model, tok = tiny
+    cfg = lvq.CRVQConfig(dim=4, codebook_bits=4, num_extended=1, extended_bits=4, critical_ratio=0.1,
+                         epochs=1, adam_steps=3, kmeans_iters=3, finetune=True, finetune_steps=3,
+                         finetune_lr=1e-3)
+    res = lvq.quantize_model(model, tok, cfg, calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=4, seqlen=32))
+    rep = res.report.layers
+    assert rep["finetune_val_after"].notna().all()
+    assert (rep["finetune_val_after"] <= rep["finetune_val_before"]).all()  # the best state is kept
+    assert rep.groupby("block")["finetune_val_before"].nunique().eq(1).all()  # one figure per block
+    assert set(rep["finetune_steps_run"]) <= {1, 2, 3}
