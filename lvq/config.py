@@ -291,9 +291,10 @@ class CRVQConfig(ConfigBase):
     # Cost on the bundled SmolLM2-135M, this 2-core machine idle. fast, measured on the whole
     # model (`python -m lvq quantize --method crvq --preset fast`): quantization 276 s (6.4 min
     # wall with loading and evaluation), process peak RSS 2.9 GB, 0.885 bpw, ppl 5622 (fp32 25.5).
-    # quality (the paper's released d=8, e=8, m=3, lambda=2%): 1.34 bpw (four 256x8 fp16
-    # codebooks weigh on 576-wide layers), ~25 min on 1 thread, estimated from one real-size layer
-    # of each shape timed x30. With other jobs on the cores, expect ~1.6x.
+    # quality (the paper's released d=8, e=8, m=3, lambda=2%), measured on the whole model on one
+    # thread while another benchmark shared the cores: quantization 2274 s, process peak RSS
+    # 2.5 GB, 1.34 bpw (four 256x8 fp16 codebooks weigh on 576-wide layers), ppl 1120.
+    # finetune=True adds ~5.5 s per pass per block (30 blocks; up to finetune_steps passes).
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {"dim": 8, "codebook_bits": 6, "extended_bits": 6, "num_extended": 3,
                  "critical_ratio": 0.02, "epochs": 2, "adam_steps": 20, "kmeans_iters": 10},
