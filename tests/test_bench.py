@@ -1,5 +1,6 @@
 """The benchmark's table writers (the measurements themselves run in `make bench`)."""
 import pandas as pd
+import pytest
 
 from lvq.bench.__main__ import README_END, README_START, markdown_table, with_readme_table
 
@@ -51,3 +52,24 @@ def test_sweep_caveat_names_both_efforts():
     text = _sweep_caveat()
     for effort in (SWEEP_EFFORT, MODEL_EFFORT):
         assert f"{effort['epochs']} epochs, {effort['adam_steps']} Adam steps" in text
+
+
+def test_sweep_layer_table_one_column_per_setting_and_a_geomean_row(monkeypatch):
+    import math
+
+    import torch
+
+    from lvq.bench import crvq as bench_crvq
+    from lvq.config import CRVQConfig
+
+    cheap = dict(dim=8, codebook_bits=4, extended_bits=4, epochs=1, adam_steps=2, kmeans_iters=2)
+    monkeypatch.setattr(bench_crvq, "sweep_configs", lambda: [
+        ("crvq-l0 (= AQLM)", CRVQConfig(critical_ratio=0.0, num_extended=1, **cheap)),
+        ("crvq-l5-m2", CRVQConfig(critical_ratio=0.05, num_extended=2, **cheap))])
+    g = torch.Generator().manual_seed(0)
+    Ws = {"a": torch.randn(16, 64, generator=g), "b": torch.randn(8, 320, generator=g)}
+    df = bench_crvq.sweep_layer_table(Ws, {k: torch.eye(W.shape[1]) for k, W in Ws.items()})
+    assert list(df["layer"]) == ["a", "b", "geometric mean"]
+    assert list(df["groups λ1%"][:2]) == [1, 1] and list(df["groups λ5%"][:2]) == [1, 2]  # ⌊λ·in/8⌋, at least 1
+    assert (df[["crvq-l0", "crvq-l5-m2"]][:2] > 0).all().all()
+    assert df["crvq-l0"].iloc[2] == pytest.approx(math.sqrt(df["crvq-l0"].iloc[0] * df["crvq-l0"].iloc[1]))

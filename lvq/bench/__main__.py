@@ -110,14 +110,14 @@ def model_entries(section: str) -> list[tuple[str, object]]:
     raise ValueError(section)
 
 
-def layers_section() -> pd.DataFrame:
-    """One real block of the bundled model (block 0's q..down with their calibration H)."""
+def block_weights() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Block 0 of the bundled model: {name: W [out, in]} and {name: H [in, in]} (its calibration
+    Hessian, shared by the linears that read the same input)."""
     from ..calibration import capture_block_inputs, decoder_blocks, linear_stages
     from ..config import CalibConfig
     from ..data import calibration_text, calibration_windows
     from ..models import load_model
     from ..pipeline import _stage_hessian
-    from . import glvq
 
     model, tok = load_model("smollm2-135m", device="cpu")
     calib = CalibConfig()
@@ -130,7 +130,7 @@ def layers_section() -> pd.DataFrame:
         for name in stage:
             Ws[name] = block.get_submodule(name).weight.detach().float()
             Hs[name] = H
-    return glvq.layer_table(Ws, Hs)
+    return Ws, Hs
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -153,7 +153,11 @@ def _sweep_caveat() -> str:
     return (f"The sweep runs at reduced effort ({fmt(SWEEP_EFFORT)}; the model table uses "
             f"{fmt(MODEL_EFFORT)}), so its λ = 0 row is not the model table's AQLM 1x8 row. "
             "Float summation order alone moves these perplexities: the same GLVQ 2 bpw run gave "
-            "319 on one thread and 362 on two (13 %), so read trends across λ, not single cells.")
+            "319 on one thread and 362 on two (13 %), so read trends across λ, not single cells. "
+            "Critical vector-groups are ⌊λ·in/d⌋, rounded up to one: on this model's 576-wide "
+            "layers that is one group of 8 channels at both λ = 1 % and 2 %, so those two rows differ "
+            "only in down_proj (1536 wide: 1 vs 3 groups). The layer-level table below shows what "
+            "each setting does to the layer objective itself.")
 
 
 def sweep_grid(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -222,6 +226,7 @@ def _write_markdown_unlocked(cmdline: str) -> None:
     titles = {"model": "Model-level: fp32, RTN, GPTQ, GLVQ, AQLM, CRVQ (same run, same texts)",
               "ablation": "GLVQ ablation at 2 bpw (each part switched off)",
               "sweep": "CRVQ sweep: λ × m at e = 8 (paper Figure 4)",
+              "sweep_layers": "CRVQ sweep at layer level: relative output error on block 0 (λ × m, e = 8, sweep effort)",
               "gaussian_glvq": "Gaussian source (GLVQ): i.i.d. N(0,1), H = I",
               "gaussian_crvq": "Gaussian source (AQLM / CRVQ): i.i.d. N(0,1), H = I",
               "layers": "Layer level: relative output error on block 0 of the bundled model at 2 bpw"}
@@ -252,7 +257,7 @@ def _write_markdown_unlocked(cmdline: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lvq.bench")
-    ap.add_argument("--sections", default="model,ablation,gaussian,layers,sweep")
+    ap.add_argument("--sections", default="model,ablation,gaussian,layers,sweep,sweep_layers")
     ap.add_argument("--only", help="comma-separated labels to (re)run within the sections")
     ap.add_argument("--skip", help="comma-separated labels to leave as they are")
     ap.add_argument("--calib-windows", type=int, default=32)
@@ -287,9 +292,11 @@ def main(argv: list[str] | None = None) -> int:
             ASSETS.mkdir(parents=True, exist_ok=True)
             glvq.gaussian_table(rows=args.gaussian_rows).to_csv(ASSETS / "gaussian_glvq.csv", index=False)
             crvq.gaussian_table(rows=args.gaussian_crvq_rows).to_csv(ASSETS / "gaussian_crvq.csv", index=False)
-        elif section == "layers":
+        elif section in ("layers", "sweep_layers"):
+            from . import crvq, glvq
             ASSETS.mkdir(parents=True, exist_ok=True)
-            layers_section().to_csv(ASSETS / "layers.csv", index=False)
+            table = glvq.layer_table if section == "layers" else crvq.sweep_layer_table
+            table(*block_weights()).to_csv(ASSETS / f"{section}.csv", index=False)
         write_markdown(cmdline)
     print((ROOT / "BENCHMARKS.md").read_text())
     return 0
