@@ -252,6 +252,7 @@ def codebook_usage(codebooks: pd.DataFrame) -> go.Figure:
                                  name=f"codebook {cb} ({ent:.2f} of {np.log2(len(counts)):.0f} bits)"))
     fig.update_layout(**_LAYOUT, title="Codebook usage (codes sorted by count; entropy in legend)",
                       xaxis_title="code (sorted)", yaxis_title="count", yaxis_type="log")
+    fig.update_yaxes(dtick=1)  # ticks at powers of ten only (plotly's "2", "5" minor labels crowd)
     return fig
 
 

@@ -79,6 +79,7 @@ def test_channel_figures():
                        "count": [1, 1, 1, 1, 4, 0, 0, 0]})
     usage = figures.codebook_usage(cb)
     assert "2.00 of 2 bits" in usage.data[0].name and "0.00 of 2 bits" in usage.data[1].name
+    assert usage.layout.yaxis.type == "log" and usage.layout.yaxis.dtick == 1  # decades only
 
 
 def test_pareto_and_compare_figure():
