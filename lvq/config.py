@@ -294,7 +294,8 @@ class CRVQConfig(ConfigBase):
     # quality (the paper's released d=8, e=8, m=3, lambda=2%), measured on the whole model on one
     # thread while another benchmark shared the cores: quantization 2274 s, process peak RSS
     # 2.5 GB, 1.34 bpw (four 256x8 fp16 codebooks weigh on 576-wide layers), ppl 1120.
-    # finetune=True adds ~5.5 s per pass per block (30 blocks; up to finetune_steps passes).
+    # finetune=True adds ~6 s per pass per block (bench, one busy core: 2635 s with 10 passes vs
+    # 830 s without, over 30 blocks), up to finetune_steps passes each.
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {"dim": 8, "codebook_bits": 6, "extended_bits": 6, "num_extended": 3,
                  "critical_ratio": 0.02, "epochs": 2, "adam_steps": 20, "kmeans_iters": 10},

@@ -68,7 +68,7 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
          "after each block: codes frozen, codebooks and scales trained to match the original block's outputs"),
         ("finetune_steps", "slider", dict(minimum=1, maximum=100, step=1),
          "fine-tuning passes over the calibration windows per block (stops early after 3 passes without "
-         "held-out gain); on CPU one pass costs ~5 s per block of the bundled 135M model"),
+         "held-out gain); on CPU one pass costs ~6 s per block of the bundled 135M model"),
     ],
     "aqlm": [
         ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d"),

@@ -65,11 +65,13 @@ def test_sweep_layer_table_one_column_per_setting_and_a_geomean_row(monkeypatch)
     cheap = dict(dim=8, codebook_bits=4, extended_bits=4, epochs=1, adam_steps=2, kmeans_iters=2)
     monkeypatch.setattr(bench_crvq, "sweep_configs", lambda: [
         ("crvq-l0 (= AQLM)", CRVQConfig(critical_ratio=0.0, num_extended=1, **cheap)),
+        ("crvq-l1-m1", CRVQConfig(critical_ratio=0.01, num_extended=1, **cheap)),
         ("crvq-l5-m2", CRVQConfig(critical_ratio=0.05, num_extended=2, **cheap))])
     g = torch.Generator().manual_seed(0)
     Ws = {"a": torch.randn(16, 64, generator=g), "b": torch.randn(8, 320, generator=g)}
     df = bench_crvq.sweep_layer_table(Ws, {k: torch.eye(W.shape[1]) for k, W in Ws.items()})
     assert list(df["layer"]) == ["a", "b", "geometric mean"]
     assert list(df["groups λ1%"][:2]) == [1, 1] and list(df["groups λ5%"][:2]) == [1, 2]  # ⌊λ·in/8⌋, at least 1
-    assert (df[["crvq-l0", "crvq-l5-m2"]][:2] > 0).all().all()
+    assert "groups λ0%" not in df  # λ = 0 has no critical groups to count
+    assert (df[["crvq-l0", "crvq-l1-m1", "crvq-l5-m2"]][:2] > 0).all().all()
     assert df["crvq-l0"].iloc[2] == pytest.approx(math.sqrt(df["crvq-l0"].iloc[0] * df["crvq-l0"].iloc[1]))

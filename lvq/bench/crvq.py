@@ -106,7 +106,7 @@ def model_configs() -> list[tuple[str, object]]:
         ("crvq-d4-m3e6", CRVQConfig(dim=4, codebook_bits=8, num_extended=3, extended_bits=6,
                                     critical_ratio=0.02, **e)),
         # The paper's block fine-tuning (codes frozen) on the ~1.1 bpw entry, and the quality preset.
-        # 10 passes, not the default 50: a pass costs ~5.5 s per block here on one thread.
+        # 10 passes, not the default 50: a pass costs ~6 s per block here on one thread.
         ("crvq-d8-m1e6 + block fine-tuning (10 passes)",
          CRVQConfig(dim=8, codebook_bits=8, num_extended=1, extended_bits=6, critical_ratio=0.02,
                     finetune=True, finetune_steps=10, **e)),
@@ -133,22 +133,24 @@ def sweep_layer_table(Ws: dict[str, torch.Tensor], Hs: dict[str, torch.Tensor]) 
     """The sweep's settings on real layers: relative output error ‖(W − Ŵ)X‖²/‖WX‖² per layer
     (W [out, in], H [in, in]), one column per (λ, m), plus the critical vector-groups each λ gives
     (⌊λ·in/d⌋, rounded up to 1) and a geometric-mean row. Separates the layer objective, which
-    the extended codebooks lower by construction, from whole-model perplexity noise."""
+    the extended codebooks lower by construction, from whole-model perplexity."""
     from ..crvq import critical_group_count
     from ..qweight import relative_error
 
-    configs = sweep_configs()
+    configs = [(label.split(" ")[0], cfg) for label, cfg in sweep_configs()]
+    # One "groups" column per λ of the sweep (m only needs to be > 0 for the count).
+    lambdas = {cfg.critical_ratio: cfg.dim for _, cfg in configs if cfg.critical_ratio > 0}
     rows = []
     for name, W in Ws.items():
         row: dict[str, object] = {"layer": name, "shape": str(tuple(W.shape))}
-        for lam in (0.01, 0.02, 0.05):
-            row[f"groups λ{lam * 100:g}%"] = critical_group_count(W.shape[1], 8, lam, 1)
-        for label, cfg in configs:
+        for lam, dim in lambdas.items():
+            row[f"groups λ{lam * 100:g}%"] = critical_group_count(W.shape[1], dim, lam, 1)
+        for col, cfg in configs:
             q = _quantize(W, cfg, Hs[name])
-            row[label.split(" ")[0]] = relative_error(W, q.dequantize(), Hs[name])
+            row[col] = relative_error(W, q.dequantize(), Hs[name])
         rows.append(row)
     df = pd.DataFrame(rows)
-    errs = [label.split(" ")[0] for label, _ in configs]
+    errs = [col for col, _ in configs]
     mean = {"layer": "geometric mean", "shape": ""}
     mean.update({c: math.exp(df[c].map(math.log).mean()) for c in errs})
     return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
