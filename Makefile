@@ -40,6 +40,7 @@ test-fast: install
 
 bench: install
 	$(PY) -m lvq.bench
+	PYTHONPATH=. $(PY) scripts/update_readme.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,7 +15,7 @@ Environment:
 
 Heavy jobs go through Gradio's queue: one quantization at a time (others see their queue
 position), two chat generations at a time. On a ZeroGPU Space the quantize and chat entry points
-are wrapped with ``spaces.GPU`` (``pages.state.gpu``); elsewhere they run plain, on CUDA when
+are wrapped with ``spaces.GPU`` (``pages.cache.gpu``); elsewhere they run plain, on CUDA when
 available.
 """
 from __future__ import annotations

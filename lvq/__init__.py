@@ -9,26 +9,26 @@ Public API (the dashboard, the CLI and the tests use only this)::
     lvq.save_run(result, "runs/x");  model, tok, report = lvq.load_run("runs/x")
 """
 from .chat import chat_stream
-from .config import AQLMConfig, CalibConfig, CRVQConfig, GLVQConfig, GPTQConfig, RTNConfig, config_from_dict
+from .config import AQLMConfig, CalibConfig, CRVQConfig, GLVQConfig, GPTQConfig, RTNConfig
 from .data import calibration_text, corpus_split, eval_text, list_corpora, read_text_file
 from .errors import Cancelled, LvqError
-from .eval import perplexity
-from .methods import Method, get_method, method_names, quantize_layer
+from .eval import estimate_size, model_size, perplexity
+from .hessian import layer_objective, relative_error
+from .methods import config_from_dict, get_method, method_names, quantize_layer
 from .models import list_models, load_model
-from .pipeline import QuantizeResult, estimate_size, model_size, quantize_model
+from .pipeline import QuantizeResult, quantize_model
 from .qlinear import QuantizedLinear
-from .qweight import QuantizedWeight, layer_objective, relative_error
+from .qweight import Method, QuantizedWeight
 from .report import Report
-from .runs import list_runs, load_layer, load_run, read_run_info, save_run
-
-__version__ = "0.1.0"
+from .runs import list_runs, load_layer, load_report, load_run, read_run_info, save_run
+from .version import __version__
 
 __all__ = [
     "AQLMConfig", "CRVQConfig", "CalibConfig", "Cancelled", "GLVQConfig", "GPTQConfig", "LvqError",
     "Method", "QuantizeResult", "QuantizedLinear", "QuantizedWeight", "RTNConfig", "Report",
     "calibration_text", "chat_stream", "config_from_dict", "corpus_split", "estimate_size",
     "eval_text", "get_method", "layer_objective", "list_corpora", "list_models", "list_runs",
-    "load_layer", "load_model", "load_run", "method_names", "model_size", "perplexity",
+    "load_layer", "load_model", "load_report", "load_run", "method_names", "model_size", "perplexity",
     "quantize_layer", "quantize_model", "read_run_info", "read_text_file", "relative_error",
-    "save_run",
+    "save_run", "__version__",
 ]

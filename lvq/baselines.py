@@ -19,8 +19,9 @@ import torch
 
 from .config import GPTQConfig, RTNConfig
 from .groups import group_bounds, num_groups
+from .hessian import inverse_hessian_cholesky
 from .packing import pack, unpack
-from .qweight import QuantizedWeight, fp16_bits
+from .qweight import Method, QuantizedWeight, fp16_bits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,6 +58,8 @@ def round_to_grid(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits
 class RTNWeight(QuantizedWeight):
     """Per-group scalar codes. codes: packed uint8; scale, zero: fp16 [out, n_groups]."""
 
+    trainable = ("scale", "zero")
+
     codes: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor
@@ -65,14 +68,6 @@ class RTNWeight(QuantizedWeight):
     out_features: int
     in_features: int
     method_name: str = "rtn"
-
-    @property
-    def method(self) -> str:  # type: ignore[override]
-        return self.method_name
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.out_features, self.in_features)
 
     def _col_groups(self, device) -> torch.Tensor:
         return torch.arange(self.in_features, device=device) // self.group_size
@@ -141,33 +136,6 @@ def quantize_rtn(W: torch.Tensor, H: torch.Tensor | None, cfg: RTNConfig) -> RTN
 # ----------------------------------------------------------------------------------------------
 # GPTQ
 # ----------------------------------------------------------------------------------------------
-def damped_hessian(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """H + damp·mean(diag H)·I with dead inputs (diag = 0) set to 1 -> (H_damped float64, dead mask)."""
-    H = H.detach().to(torch.float64).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    idx = torch.arange(H.shape[0], device=H.device)
-    H[idx, idx] += damp * torch.mean(torch.diag(H))
-    return H, dead
-
-
-def inverse_hessian_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper Cholesky factor U of (H + λI)⁻¹ (so H⁻¹ = UᵀU) and the dead-input mask.
-
-    Retries with 10× more damping if H is numerically indefinite.
-    """
-    for attempt in range(6):
-        Hd, dead = damped_hessian(H, damp * (10**attempt))
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0:
-                return U, dead
-    raise ValueError("the Hessian is not positive definite even with heavy damping; "
-                     "use more calibration windows")
-
-
 def quantize_gptq(W: torch.Tensor, H: torch.Tensor | None, cfg: GPTQConfig) -> RTNWeight:
     """GPTQ, Algorithm 1 of Frantar et al. (2022), with groups and optional activation order.
 
@@ -230,3 +198,13 @@ def quantize_gptq(W: torch.Tensor, H: torch.Tensor | None, cfg: GPTQConfig) -> R
         inv = torch.argsort(perm)
         Q = Q[:, inv]
     return _pack_weight(Q, scale, zero, cfg, "gptq")
+
+
+METHODS = [
+    Method("rtn", RTNConfig, quantize_rtn, RTNWeight,
+           "round-to-nearest, asymmetric min-max per group (scalar baseline)",
+           estimate_bits=estimate_bits),
+    Method("gptq", GPTQConfig, quantize_gptq, RTNWeight,
+           "GPTQ: column-wise rounding with error feedback through the inverse Hessian",
+           estimate_bits=estimate_bits),
+]

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .baselines import inverse_hessian_cholesky, minmax_params, round_to_grid
+from .baselines import minmax_params, round_to_grid
+from .hessian import inverse_hessian_cholesky, objective
 
 MIN_WIDTH, MAX_WIDTH = 1, 8
 
@@ -103,9 +104,7 @@ def rtn_group_error(Wg: torch.Tensor, Hg: torch.Tensor | None, bits: int) -> flo
     Wg = Wg.to(torch.float32)
     s, z = minmax_params(Wg, bits)
     D = Wg - (round_to_grid(Wg, s, z, bits) - z[:, None]) * s[:, None]
-    if Hg is None:
-        return float((D * D).sum())
-    return float(((D @ Hg.to(D)) * D).sum())
+    return float(objective(D, None if Hg is None else Hg.to(D)))
 
 
 def allocate_bits(W: torch.Tensor, H: torch.Tensor | None, bounds: list[tuple[int, int]],

@@ -7,6 +7,8 @@
 * :func:`linear_stages` finds the order in which a block's linears consume their inputs: linears
   that read the *same* input tensor form one stage (q/k/v, then o, then gate/up, then down in a
   Llama block), so a stage can be quantized before the inputs of the next one are computed.
+* :func:`stage_hessian` accumulates one stage's H over all calibration batches, stopping each
+  forward as soon as the stage's input has been seen.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .qlinear import QuantizedLinear
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -33,6 +37,16 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
 
 class _Stop(Exception):
     pass
+
+
+def quantizable_linears(model: nn.Module) -> list[tuple[int, str, nn.Linear]]:
+    """(block index, name inside the block, module) for every nn.Linear in the decoder blocks."""
+    out = []
+    for b, block in enumerate(decoder_blocks(model)):
+        for name, mod in block.named_modules():
+            if isinstance(mod, (nn.Linear, QuantizedLinear)):
+                out.append((b, name, mod))
+    return out
 
 
 @dataclass
@@ -129,3 +143,34 @@ def linear_stages(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
             seen_inputs[key] = len(stages)
             stages.append([name])
     return stages
+
+
+class _StageDone(Exception):
+    """Raised by the Hessian hook: the rest of the block is not needed for this stage."""
+
+
+@torch.no_grad()
+def stage_hessian(block: nn.Module, stage: list[str], inputs: "BlockInputs",
+                  device: torch.device) -> torch.Tensor:
+    """H = XᵀX/n of the input shared by the linears of ``stage``.
+
+    One pass over all calibration batches that stops each forward as soon as the stage's input
+    has been seen, so the q/k/v stage costs a norm, not a block.
+    """
+    mod = block.get_submodule(stage[0])
+    acc = HessianAccumulator(mod.in_features, device)
+
+    def hook(m, inp):
+        acc.add(inp[0])
+        raise _StageDone
+
+    handle = mod.register_forward_pre_hook(hook)
+    try:
+        for hs, kw in zip(inputs.hidden, inputs.kwargs):
+            try:
+                run_block(block, hs, kw)
+            except _StageDone:
+                pass
+    finally:
+        handle.remove()
+    return acc.H

@@ -14,7 +14,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .chat import chat_stream
+from .config import CalibConfig
+from .data import eval_text, read_text_file
 from .errors import Cancelled, LvqError
+from .eval import n_windows, perplexity
+from .jobs import EvalConfig, JobSpec, run_job
+from .methods import config_from_dict, get_method
+from .models import list_models, load_model
+from .runs import list_runs, load_run
 
 
 def _emit(args, data: Any, text: str) -> None:
@@ -41,8 +49,6 @@ def _parse_value(v: str) -> Any:
 def build_config(method: str, preset: str | None, bits: float | None, group_size: int | None,
                  settings: list[str]):
     """A method config from CLI flags: preset, then --bits/--group-size, then --set k=v pairs."""
-    from .methods import get_method
-
     cls = get_method(method).config_cls
     fields = {f.name for f in dataclasses.fields(cls)}
     over: dict[str, Any] = {}
@@ -72,8 +78,6 @@ def build_config(method: str, preset: str | None, bits: float | None, group_size
 # Commands
 # ----------------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
-    from .models import list_models
-
     rows = list_models(args.path)
     lines = [f"{'name':<20} {'source':<8} {'available':<9} note"]
     for r in rows:
@@ -84,7 +88,7 @@ def cmd_models(args) -> int:
 
 
 def _progress_bar(total_hint: int = 0):
-    from tqdm import tqdm
+    from tqdm import tqdm  # a third-party helper only the CLI needs
 
     bar = tqdm(total=total_hint or None, unit="layer", file=sys.stderr, dynamic_ncols=True)
 
@@ -97,51 +101,37 @@ def _progress_bar(total_hint: int = 0):
     return bar, cb
 
 
-def _quantize_and_save(model_name: str, cfg, calib, out: Path, eval_windows: int, eval_seqlen: int,
-                       overwrite: bool, quiet: bool = False, eval_fp: bool = True) -> dict[str, Any]:
-    from .data import eval_text
-    from .eval import perplexity
-    from .models import load_model
-    from .pipeline import quantize_model
-    from .runs import save_run
-
-    if out.exists() and not overwrite:
-        raise LvqError(f"{out} already exists; pass --overwrite or choose another --out")
-    model, tok = load_model(model_name)
-    text = eval_text(calib.corpus)
-    metrics: dict[str, Any] = {"eval_seqlen": eval_seqlen, "eval_windows": eval_windows,
-                               "eval_text": f"{calib.corpus} (evaluation part)"}
-    if eval_fp and eval_windows:
-        metrics["ppl_fp"] = perplexity(model, tok, text, eval_seqlen, eval_windows)
+def _run(args, cfg, out: Path, eval_fp: bool = True, quiet: bool = False) -> dict[str, Any]:
+    """Build the job spec from the flags and run it with a progress bar."""
+    try:
+        spec = JobSpec(model=args.model, method=cfg, out_dir=str(out), calib=_calib(args),
+                       eval=EvalConfig(seqlen=args.seqlen, windows=args.eval_windows, reference=eval_fp),
+                       overwrite=args.overwrite)
+    except ValueError as e:
+        raise LvqError(str(e)) from None
     bar, cb = _progress_bar() if not quiet else (None, None)
     cancel = threading.Event()
     try:
-        result = quantize_model(model, tok, cfg, calib=calib, progress=cb, cancel=cancel)
+        job = run_job(spec, progress=cb, cancel=cancel)
     except KeyboardInterrupt:
         raise Cancelled("interrupted; nothing was saved") from None
     finally:
         if bar is not None:
             bar.close()
-    if eval_windows:
-        metrics["ppl"] = perplexity(model, tok, text, eval_seqlen, eval_windows)
-    import resource
-    metrics["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    save_run(result, out, metrics=metrics, overwrite=overwrite)
-    return {**result.metrics, **metrics, "run": str(out), "config": cfg.to_dict()}
+    return {**job.metrics, "run": str(job.run_dir), "config": cfg.to_dict()}
 
 
 def _summary(m: dict[str, Any]) -> str:
     ppl = f"{m['ppl']:.2f}" if "ppl" in m else "-"
     fp = f" (fp: {m['ppl_fp']:.2f})" if "ppl_fp" in m else ""
-    proto = f"seqlen {m.get('eval_seqlen')}, {m.get('eval_windows')} windows of {m.get('eval_text')}"
+    proto = (f"seqlen {m.get('eval_seqlen')}, {m.get('eval_windows')} windows of the evaluation part "
+             f"of {m.get('eval_corpus')}")
     return (f"{m['config']['method']}: {m['bits_per_weight']:.3f} bits/weight, {m['model_mb']:.1f} MB "
             f"(fp16 {m['fp16_mb']:.1f} MB), perplexity {ppl}{fp} [{proto}], "
             f"{m['quant_time_s']:.0f} s, peak RAM {m['peak_rss_mb']:.0f} MB -> {m['run']}")
 
 
 def _calib(args):
-    from .config import CalibConfig
-
     try:
         return CalibConfig(corpus=args.corpus, n_windows=args.calib_windows, seqlen=args.calib_seqlen,
                            seed=args.seed)
@@ -151,7 +141,6 @@ def _calib(args):
 
 def cmd_quantize(args) -> int:
     if args.config_json:
-        from .config import config_from_dict
         try:
             cfg = config_from_dict(json.loads(args.config_json))
         except (json.JSONDecodeError, TypeError) as e:
@@ -160,18 +149,12 @@ def cmd_quantize(args) -> int:
         raise LvqError("give --method (or --config-json)")
     else:
         cfg = build_config(args.method, args.preset, args.bits, args.group_size, args.set or [])
-    m = _quantize_and_save(args.model, cfg, _calib(args), Path(args.out), args.eval_windows,
-                           args.seqlen, args.overwrite)
+    m = _run(args, cfg, Path(args.out))
     _emit(args, m, _summary(m))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .data import eval_text, read_text_file
-    from .eval import n_windows, perplexity
-    from .models import load_model
-    from .runs import load_run
-
     target = Path(args.target)
     if (target / "run.json").is_file():
         model, tok, _ = load_run(target)
@@ -206,8 +189,7 @@ def cmd_sweep(args) -> int:
         cfg = build_config(args.method, args.preset, bits, args.group_size, settings)
         name = "-".join([args.method] + ([f"b{bits:g}"] if bits is not None else [])
                         + [f"{k}{v}" for k, v in zip(grids, vals)])
-        m = _quantize_and_save(args.model, cfg, _calib(args), root / name, args.eval_windows,
-                               args.seqlen, args.overwrite, eval_fp=not results)
+        m = _run(args, cfg, root / name, eval_fp=not results)
         results.append(m)
         if not args.json:
             print(_summary(m), flush=True)
@@ -217,8 +199,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runs import list_runs
-
     df = list_runs(args.root)
     _emit(args, df.to_dict(orient="records"),
           df.drop(columns=["config", "path"]).to_string(index=False) if len(df) else f"no runs under {args.root}")
@@ -226,10 +206,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import chat_stream
-    from .models import load_model
-    from .runs import load_run
-
     target = Path(args.target)
     model, tok = (load_run(target)[:2] if (target / "run.json").is_file() else load_model(args.target))
     messages: list[dict[str, str]] = []

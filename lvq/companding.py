@@ -7,7 +7,7 @@
 group's kurtosis (heavier tails -> larger μ). μ = 0 is read as the identity (the μ -> 0 limit of
 F), which is how a group stores "no companding".
 
-Why a group may skip companding (our extension, ALGORITHMS.md): on a light-tailed group the
+Why a group may skip companding (our extension, docs/algorithms.md): on a light-tailed group the
 compression spends levels on the tails; measured on a max-normalised Gaussian group at 2 bits the
 best MSE is 0.119 without companding and 0.142 with μ = 10. GLVQConfig.identity_companding lets
 each group pick μ = 0 when that gives the lower initial objective (our default); set it to False
@@ -15,11 +15,7 @@ for the paper's strict μ ∈ [mu_min, mu_max].
 """
 from __future__ import annotations
 
-import math
-
 import torch
-
-IDENTITY_MU = 0.0
 
 
 def compress(x: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
@@ -32,16 +28,6 @@ def expand(y: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
     """F⁻¹(y) = sign(y)·((1+μ)^{|y|} − 1)/μ, elementwise; differentiable in μ."""
     mu = torch.as_tensor(mu, dtype=y.dtype, device=y.device)
     return torch.sign(y) * torch.expm1(y.abs() * torch.log1p(mu)) / mu
-
-
-def compress_or_identity(x: torch.Tensor, mu: float) -> torch.Tensor:
-    """F(x) for μ > 0, x itself for μ = 0 (stored "no companding")."""
-    return x if mu == IDENTITY_MU else compress(x, mu)
-
-
-def expand_or_identity(y: torch.Tensor, mu: float) -> torch.Tensor:
-    """F⁻¹(y) for μ > 0, y itself for μ = 0."""
-    return y if mu == IDENTITY_MU else expand(y, mu)
 
 
 def kurtosis(x: torch.Tensor) -> float:
@@ -62,9 +48,3 @@ def init_mu(x: torch.Tensor, mu_min: float, mu_max: float) -> float:
     """
     k = kurtosis(x)
     return float(min(max(mu_min * (max(k, 3.0) / 3.0) ** 2, mu_min), mu_max))
-
-
-def project_log_mu(log_mu: torch.Tensor, mu_min: float, mu_max: float) -> None:
-    """In-place projection of a log-μ parameter onto [ln mu_min, ln mu_max]."""
-    with torch.no_grad():
-        log_mu.clamp_(math.log(mu_min), math.log(mu_max))

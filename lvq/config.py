@@ -3,7 +3,8 @@
 Every config validates itself in ``__post_init__`` and raises ``ValueError`` with a message a user
 can act on. The CLI and the dashboard only *build* configs; the library reads them.
 
-``to_dict()`` / ``config_from_dict()`` give the JSON form stored in saved runs.
+``to_dict()`` gives the JSON form stored in saved runs; ``lvq.methods.config_from_dict`` reads it
+back. The math behind each setting is described in docs/algorithms.md.
 """
 from __future__ import annotations
 
@@ -112,27 +113,8 @@ class CalibConfig:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(d: dict[str, Any]):
-    """Rebuild a method config from its ``to_dict()`` form (inverse of ``to_dict``)."""
-    from .methods import get_method
-
-    d = dict(d)
-    name = d.pop("method", None)
-    if name is None:
-        raise ValueError("config has no 'method' field")
-    cls = get_method(name).config_cls
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - fields
-    if unknown:
-        raise ValueError(f"unknown settings for {name}: {sorted(unknown)}")
-    for f in dataclasses.fields(cls):  # JSON turns tuples into lists
-        if f.name in d and isinstance(d[f.name], list):
-            d[f.name] = tuple(d[f.name])
-    return cls(**d)
-
-
 # ----------------------------------------------------------------------------------------------
-# GLVQ (owned by lvq/glvq.py; edit only this section)
+# GLVQ
 # ----------------------------------------------------------------------------------------------
 GLVQ_DIMS = (2, 4, 8, 16, 32)
 GLVQ_LATTICES = ("learned", "Z", "D", "E8")
@@ -142,38 +124,22 @@ GLVQ_FEEDBACK_UNITS = ("vector", "group")
 
 @dataclass(frozen=True)
 class GLVQConfig(ConfigBase):
-    """Grouped lattice vector quantization (Zhang et al., NeurIPS 2025); the math is in lvq/glvq.py.
+    """Grouped lattice vector quantization (Zhang et al., NeurIPS 2025); math in lvq/glvq.py.
 
     bits: average target code bits per weight (fractional targets mix integer widths per group;
-    scales, generators, μ and width tags come on top, ~0.14 bpw at group 128, d = 8).
-    group_size: input columns per group; dim: lattice dimension d (must divide group_size).
-    Paper ablation switches (Tables 6/7): bit_allocation, shared_lattice (one generator for the
-    layer, scaled per width by a fixed table), shared_companding (one μ per layer), companding,
-    decoder ("babai"; "nearest" = exact Conway–Sloane decoding, standard lattices only: lattice
-    "Z", "D" or "E8", whose scale is learned instead of a generator).
-
-    Our decisions where the paper is silent (measured on synthetic 1536×576 layers with a
-    correlated H, 2 bpw; GPTQ g128 = 1.00):
-    * error_feedback + feedback_unit="vector" (default): GPTQ's OBS update after every d-column
-      slice of a group, with the lattice learned for that sequential objective: 0.68× GPTQ's
-      layer objective (at 2.15 vs 2.28 bpw). feedback_unit="group" (joint Babai per group, update
-      after the group): 1.37×; no feedback (the paper): ~11×.
-    * identity_companding=True (default): a group may store μ = 0 (no companding) when that gives
-      the lower initial objective. The paper's strict μ ∈ [mu_min, mu_max] (False) measured 1.09×
-      vs 0.68× on the same layer: on near-Gaussian groups companding costs.
-    * Learning (Adam on G and ln μ) lowers the objective by 1–4% over the Cholesky-initialised,
-      scale-searched G₀ on these layers (up to ~6% with an anisotropic H); it cannot change the
-      cell shape's cost on i.i.d. data. lr is relative to G₀'s RMS entry; lr_log is Adam's step
-      on ln μ (and on a standard lattice's scale).
-    * lattice_reg = λ of λ‖G − G₀‖²/‖G₀‖² (objective normalised to 1 at G₀); sv_band bounds G's
-      singular values relative to G₀'s; learning stops after ``steps`` or ``patience`` steps
-      without a relative improvement of ``tol``.
-
-    Cost, measured on the whole bundled SmolLM2-135M at 2 bpw (210 linears, 32×512 calibration
-    windows; ``python -m lvq.bench``): fast (10 steps) 228 s of quantization on this 2-core
-    machine when idle (366 s with another job on the other core), peak RSS 3.6 GB; quality (100
-    steps) 890 s with the other core busy. On 21 real layers (blocks 0, 7, 15) the geometric-mean
-    relative output error is 0.0406 without learning, 0.0385 fast, 0.0346 quality (5.6x fast's time).
+    scales, generators, μ and width tags come on top). group_size: input columns per group;
+    dim: lattice dimension d (must divide group_size).
+    Paper ablation switches (its Tables 6/7): bit_allocation, shared_lattice (one generator for
+    the layer), shared_companding (one μ per layer), companding, decoder ("babai"; "nearest" =
+    exact Conway–Sloane decoding of a standard lattice "Z", "D" or "E8", whose scale is learned
+    instead of a generator).
+    Our decisions where the paper is silent (docs/algorithms.md, "GLVQ", with the measurements):
+    error_feedback with feedback_unit="vector" (GPTQ's update after every d-column slice);
+    identity_companding (a group may store μ = 0, no companding); learning by Adam on G and ln μ
+    (lr relative to G₀'s RMS entry, lr_log on ln μ), with lattice_reg = λ of
+    λ‖G − G₀‖²/‖G₀‖², sv_band bounding G's singular values relative to G₀'s, and early stopping
+    after ``patience`` steps without a relative gain of ``tol``.
+    Measured costs of the presets are in BENCHMARKS.md.
     """
 
     bits: float = 2.0
@@ -198,7 +164,6 @@ class GLVQConfig(ConfigBase):
     identity_companding: bool = True
     lr_log: float = 0.05
     damp: float = 0.01
-    seed: int = 0
 
     method: ClassVar[str] = "glvq"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -251,65 +216,82 @@ class GLVQConfig(ConfigBase):
 
 
 # ----------------------------------------------------------------------------------------------
-# CRVQ and AQLM (owned by lvq/crvq.py; edit only this section)
+# Additive quantization: AQLM and CRVQ
 # ----------------------------------------------------------------------------------------------
+ADDITIVE_DIMS = (2, 4, 8, 16)
 CRVQ_IMPORTANCE = ("residual", "hessian_max")
 CRVQ_REORDER = ("critical_first", "full")
 
 
 @dataclass(frozen=True)
-class CRVQConfig(ConfigBase):
-    """Channel-relaxed vector quantization (Xu et al., TACL 2025).
-
-    A basic codebook of 2**codebook_bits entries of dimension ``dim`` encodes every vector;
-    ``num_extended`` extended codebooks of 2**extended_bits entries encode only the critical
-    vector-groups (the first floor(critical_ratio * in / dim) after sorting by importance).
-    critical_ratio = 0 is AQLM with one codebook. reorder: "critical_first" moves only the
-    critical channels to the front (the others keep their order); "full" sorts every channel by
-    importance (see lvq/crvq.py for why the default differs).
-    """
+class AdditiveConfig(ConfigBase):
+    """Settings shared by AQLM and CRVQ (math in lvq/additive.py): vectors of ``dim``
+    consecutive input columns, a basic codebook of 2**codebook_bits entries, code search by beam
+    search of width ``beam_width``, and per epoch ``adam_steps`` Adam steps (``lr``) on the
+    codebooks and scales; stop after ``epochs`` or below a relative gain of ``tol``. Codebooks
+    start from ``kmeans_iters`` iterations of k-means seeded by ``seed``."""
 
     dim: int = 8
     codebook_bits: int = 8
-    num_extended: int = 3
-    extended_bits: int = 8
-    critical_ratio: float = 0.02
-    importance: str = "residual"
-    reorder: str = "critical_first"
     beam_width: int = 1
     epochs: int = 10
     tol: float = 1e-3
     adam_steps: int = 50
     lr: float = 1e-2
     kmeans_iters: int = 20
+    seed: int = 0
+
+    _int_fields: ClassVar[tuple[str, ...]] = ("dim", "codebook_bits", "beam_width", "epochs",
+                                               "adam_steps", "kmeans_iters")
+
+    def __post_init__(self) -> None:
+        for name in self._int_fields:
+            _check_int(name, getattr(self, name))
+        if self.dim not in ADDITIVE_DIMS:
+            raise ValueError(f"dim must be one of {ADDITIVE_DIMS}, got {self.dim}")
+        _check_range("codebook_bits", self.codebook_bits, 1, 16)
+        _check_range("beam_width", self.beam_width, 1, 64)
+        _check_range("epochs", self.epochs, 0, 1000)
+        _check_range("tol", self.tol, 0.0, 1.0)
+        _check_range("adam_steps", self.adam_steps, 0, 100_000)
+        _check_range("lr", self.lr, 0.0, 1.0)
+        _check_range("kmeans_iters", self.kmeans_iters, 0, 10_000)
+
+
+@dataclass(frozen=True)
+class CRVQConfig(AdditiveConfig):
+    """Channel-relaxed vector quantization (Xu et al., TACL 2025).
+
+    On top of the basic codebook, ``num_extended`` extended codebooks of 2**extended_bits
+    entries encode only the critical vector-groups (the first floor(critical_ratio * in / dim)
+    after sorting by ``importance``). critical_ratio = 0 is AQLM with one codebook. reorder:
+    "critical_first" moves only the critical channels to the front; "full" sorts every channel
+    (docs/algorithms.md says why the default differs). finetune: block fine-tuning after each
+    block (codes frozen), up to ``finetune_steps`` passes at ``finetune_lr``. Measured costs of
+    the presets are in BENCHMARKS.md.
+    """
+
+    num_extended: int = 3
+    extended_bits: int = 8
+    critical_ratio: float = 0.02
+    importance: str = "residual"
+    reorder: str = "critical_first"
     finetune: bool = False
     finetune_steps: int = 50
     finetune_lr: float = 1e-4
-    seed: int = 0
 
     method: ClassVar[str] = "crvq"
-    # Cost on the bundled SmolLM2-135M, this 2-core machine idle. fast, measured on the whole
-    # model (`python -m lvq quantize --method crvq --preset fast`): quantization 276 s (6.4 min
-    # wall with loading and evaluation), process peak RSS 2.9 GB, 0.885 bpw, ppl 5622 (fp32 25.5).
-    # quality (the paper's released d=8, e=8, m=3, lambda=2%), measured on the whole model on one
-    # thread while another benchmark shared the cores: quantization 2274 s, process peak RSS
-    # 2.5 GB, 1.34 bpw (four 256x8 fp16 codebooks weigh on 576-wide layers), ppl 1120.
-    # finetune=True adds ~6 s per pass per block (bench, one busy core: 2635 s with 10 passes vs
-    # 830 s without, over 30 blocks), up to finetune_steps passes each.
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {"dim": 8, "codebook_bits": 6, "extended_bits": 6, "num_extended": 3,
                  "critical_ratio": 0.02, "epochs": 2, "adam_steps": 20, "kmeans_iters": 10},
         "quality": {"dim": 8, "codebook_bits": 8, "extended_bits": 8, "num_extended": 3,
                     "critical_ratio": 0.02, "beam_width": 1, "epochs": 10, "adam_steps": 50},
     }
+    _int_fields: ClassVar[tuple[str, ...]] = AdditiveConfig._int_fields + (
+        "num_extended", "extended_bits", "finetune_steps")
 
     def __post_init__(self) -> None:
-        for name in ("dim", "codebook_bits", "num_extended", "extended_bits", "beam_width",
-                     "epochs", "adam_steps", "kmeans_iters", "finetune_steps"):
-            _check_int(name, getattr(self, name))
-        if self.dim not in (2, 4, 8, 16):
-            raise ValueError(f"dim must be one of (2, 4, 8, 16), got {self.dim}")
-        _check_range("codebook_bits", self.codebook_bits, 1, 16)
+        super().__post_init__()
         _check_range("extended_bits", self.extended_bits, 1, 16)
         _check_range("num_extended", self.num_extended, 0, 8)
         _check_range("critical_ratio", self.critical_ratio, 0.0, 1.0,
@@ -318,50 +300,24 @@ class CRVQConfig(ConfigBase):
             raise ValueError(f"importance must be one of {CRVQ_IMPORTANCE}, got {self.importance!r}")
         if self.reorder not in CRVQ_REORDER:
             raise ValueError(f"reorder must be one of {CRVQ_REORDER}, got {self.reorder!r}")
-        _check_range("beam_width", self.beam_width, 1, 64)
-        _check_range("epochs", self.epochs, 0, 1000)
-        _check_range("tol", self.tol, 0.0, 1.0)
-        _check_range("adam_steps", self.adam_steps, 0, 100_000)
-        _check_range("lr", self.lr, 0.0, 1.0)
-        _check_range("kmeans_iters", self.kmeans_iters, 0, 10_000)
         _check_range("finetune_steps", self.finetune_steps, 0, 100_000)
         _check_range("finetune_lr", self.finetune_lr, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
-class AQLMConfig(ConfigBase):
-    """Additive quantization (AQLM): ``num_codebooks`` codebooks of 2**codebook_bits entries on
-    every vector, no critical channels. The CRVQ core with critical_ratio = 0."""
+class AQLMConfig(AdditiveConfig):
+    """Additive quantization (AQLM, Egiazarian et al. 2024): ``num_codebooks`` codebooks of
+    2**codebook_bits entries on every vector, no critical channels (CRVQ with critical_ratio = 0)."""
 
-    dim: int = 8
-    codebook_bits: int = 8
     num_codebooks: int = 1
-    beam_width: int = 1
-    epochs: int = 10
-    tol: float = 1e-3
-    adam_steps: int = 50
-    lr: float = 1e-2
-    kmeans_iters: int = 20
-    seed: int = 0
 
     method: ClassVar[str] = "aqlm"
-    # fast: 0.79 bpw on SmolLM2-135M, 3.3 min (1 thread, idle); quality (1x8, d=8): 1.09 bpw.
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {"codebook_bits": 6, "epochs": 2, "adam_steps": 20, "kmeans_iters": 10},
         "quality": {"codebook_bits": 8, "epochs": 10, "adam_steps": 50},
     }
+    _int_fields: ClassVar[tuple[str, ...]] = AdditiveConfig._int_fields + ("num_codebooks",)
 
     def __post_init__(self) -> None:
-        for name in ("dim", "codebook_bits", "num_codebooks", "beam_width", "epochs",
-                     "adam_steps", "kmeans_iters"):
-            _check_int(name, getattr(self, name))
-        if self.dim not in (2, 4, 8, 16):
-            raise ValueError(f"dim must be one of (2, 4, 8, 16), got {self.dim}")
-        _check_range("codebook_bits", self.codebook_bits, 1, 16)
+        super().__post_init__()
         _check_range("num_codebooks", self.num_codebooks, 1, 8)
-        _check_range("beam_width", self.beam_width, 1, 64)
-        _check_range("epochs", self.epochs, 0, 1000)
-        _check_range("tol", self.tol, 0.0, 1.0)
-        _check_range("adam_steps", self.adam_steps, 0, 100_000)
-        _check_range("lr", self.lr, 0.0, 1.0)
-        _check_range("kmeans_iters", self.kmeans_iters, 0, 10_000)

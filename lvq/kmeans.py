@@ -52,7 +52,6 @@ def kmeans_plus_plus(X: torch.Tensor, K: int, generator: torch.Generator,
     if X.shape[0] > _SEED_POINTS_PER_CENTROID * K:
         pick = torch.randperm(X.shape[0], generator=generator)[: _SEED_POINTS_PER_CENTROID * K]
         X, w = X[pick.to(X.device)], w[pick.to(X.device)]
-    N = X.shape[0]
     first = int(torch.multinomial(w.cpu().double() + 1e-300, 1, generator=generator))
     C = X.new_empty(K, X.shape[1])
     C[0] = X[first]

@@ -4,7 +4,7 @@ Conventions. A lattice in R^d is ``{G z : z in Z^d}`` with generator ``G`` [d, d
 are the basis vectors. Vectors are stored as the rows of a [..., d] tensor, so the decode of a
 batch of integer vectors ``Z`` [n, d] is ``Z @ Gᵀ``.
 
-Index range (ALGORITHMS.md, "Our decisions"): a b-bit code holds each coordinate of z as a signed
+Index range (docs/algorithms.md, "GLVQ: our decisions"): a b-bit code holds each coordinate of z as a signed
 integer in ``[-2^{b-1}, 2^{b-1} - 1]`` and decoding adds a half-integer offset,
 
     encode (Babai rounding-off):  z = clamp(round(G⁻¹ x − ½), −2^{b−1}, 2^{b−1} − 1)

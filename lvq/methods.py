@@ -1,58 +1,55 @@
-"""The methods registry: name -> (config class, quantize function, stored-weight class).
+"""The methods registry: name -> Method (config class, quantize function, stored-weight class).
 
-``quantize_layer(W, H, cfg)`` dispatches on ``cfg.method``. Adding a method is one entry here.
+Built once, here, from the ``METHODS`` lists that the method modules declare (they never import
+this module back). ``quantize_layer(W, H, cfg)`` dispatches on ``cfg.method``;
+``config_from_dict`` rebuilds a config from its JSON form. Adding a method is one module with a
+``METHODS`` list, named below.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import dataclasses
+from typing import Any
 
 import torch
 
-from . import baselines
+from . import baselines, crvq, glvq
 from .errors import LvqError
-from .qweight import QuantizedWeight
+from .qweight import Method, QuantizedWeight
 
+_REGISTRY: dict[str, Method] = {m.name: m for m in (*baselines.METHODS, *glvq.METHODS, *crvq.METHODS)}
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    config_cls: type
-    quantize: Callable[..., QuantizedWeight]
-    weight_cls: type[QuantizedWeight]
-    description: str
-    # Bits per weight for an [out, in] layer under cfg, computed from shapes alone (used for the
-    # size estimate shown before a run): estimate_bits(out_features, in_features, cfg) -> float
-    estimate_bits: Callable[[int, int, Any], float] | None = None
-    # Optional per-block hook run by the pipeline after a block's linears are quantized:
-    # finetune_block(block, inputs, targets, block_kwargs, cfg, progress) -> dict of metrics
-    finetune_block: Callable[..., dict[str, Any]] | None = None
-
-
-def _registry() -> dict[str, Method]:
-    from . import crvq, glvq  # noqa: F401  (imported here so a missing method fails clearly)
-
-    entries = [
-        Method("rtn", baselines.RTNConfig, baselines.quantize_rtn, baselines.RTNWeight,
-               "round-to-nearest, asymmetric min-max per group (scalar baseline)",
-               estimate_bits=baselines.estimate_bits),
-        Method("gptq", baselines.GPTQConfig, baselines.quantize_gptq, baselines.RTNWeight,
-               "GPTQ: column-wise rounding with error feedback through the inverse Hessian",
-               estimate_bits=baselines.estimate_bits),
-    ]
-    entries += glvq.METHOD_ENTRIES + crvq.METHOD_ENTRIES
-    return {m.name: m for m in entries}
+# Settings that older lvq versions wrote into run.json and that no longer exist (they had no
+# effect); reading an old run drops them instead of refusing it.
+_RETIRED_SETTINGS = {"glvq": {"seed"}}
 
 
 def method_names() -> list[str]:
-    return list(_registry())
+    return list(_REGISTRY)
 
 
 def get_method(name: str) -> Method:
-    reg = _registry()
-    if name not in reg:
-        raise LvqError(f"unknown method {name!r}; available: {', '.join(reg)}")
-    return reg[name]
+    if name not in _REGISTRY:
+        raise LvqError(f"unknown method {name!r}; available: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def config_from_dict(d: dict[str, Any]):
+    """Rebuild a method config from its ``to_dict()`` form (as stored in run.json)."""
+    d = dict(d)
+    name = d.pop("method", None)
+    if name is None:
+        raise ValueError("config has no 'method' field")
+    cls = get_method(name).config_cls
+    for key in _RETIRED_SETTINGS.get(name, ()):
+        d.pop(key, None)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown settings for {name}: {sorted(unknown)}")
+    for f in dataclasses.fields(cls):  # JSON turns tuples into lists
+        if f.name in d and isinstance(d[f.name], list):
+            d[f.name] = tuple(d[f.name])
+    return cls(**d)
 
 
 def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, cfg) -> QuantizedWeight:

@@ -6,7 +6,7 @@ For each decoder block, in order:
      quantized blocks before it, with this block's earlier stages already quantized — and
      accumulate H = XᵀX/n for the stage's inputs (float64); quantize each linear with
      ``quantize_layer(W, H, cfg)`` and swap it for a QuantizedLinear;
-  3. optionally run the method's block hook (e.g. CRVQ's block fine-tuning);
+  3. optionally fine-tune the block's continuous parameters, codes frozen (lvq/finetune.py);
   4. pass the calibration activations through the *quantized* block to feed the next one.
 Only one block's activations live at a time. ``progress(step, total, message)`` is called after
 every linear; ``cancel`` (a threading.Event or a callable) is checked between linears and raises
@@ -23,14 +23,16 @@ import psutil
 import torch
 from torch import nn
 
-from .calibration import (HessianAccumulator, capture_block_inputs, decoder_blocks,
-                          linear_stages, run_block)
+from .calibration import (capture_block_inputs, decoder_blocks, linear_stages, quantizable_linears,
+                          run_block, stage_hessian)
 from .config import CalibConfig
 from .data import calibration_text, calibration_windows
 from .errors import Cancelled
-from .methods import get_method, quantize_layer
+from .eval import model_size
+from .finetune import finetune_block
+from .hessian import relative_error
+from .methods import quantize_layer
 from .qlinear import QuantizedLinear
-from .qweight import relative_error
 from .report import Report, split_stats
 
 Progress = Callable[[int, int, str], None]
@@ -57,75 +59,9 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def quantizable_linears(model: nn.Module) -> list[tuple[int, str, nn.Linear]]:
-    """(block index, name inside the block, module) for every nn.Linear in the decoder blocks."""
-    out = []
-    for b, block in enumerate(decoder_blocks(model)):
-        for name, mod in block.named_modules():
-            if isinstance(mod, (nn.Linear, QuantizedLinear)):
-                out.append((b, name, mod))
-    return out
-
-
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
-def model_size(model: nn.Module) -> dict[str, float]:
-    """Storage in MB: quantized linears at their real bits, every other parameter at 16 bits.
-
-    Returns bits_per_weight (over the quantized linears), model_mb, fp16_mb (the whole model at
-    16 bits, the reference) and quantized_params.
-    """
-    q_bits = 0.0
-    q_params = 0
-    other = 0
-    seen: set[int] = set()
-    for mod in model.modules():
-        if isinstance(mod, QuantizedLinear):
-            qw = mod.qweight()
-            q_bits += sum(qw.bit_breakdown().values())
-            q_params += mod.out_features * mod.in_features
-            if mod.bias is not None:
-                other += mod.bias.numel()
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            other += p.numel()
-    total_params = other + q_params
-    return {
-        "bits_per_weight": q_bits / q_params if q_params else 16.0,
-        "model_mb": (q_bits + 16 * other) / 8 / 1e6,
-        "fp16_mb": 16 * total_params / 8 / 1e6,
-        "quantized_params": q_params,
-    }
-
-
-def estimate_size(model_or_config, cfg) -> dict[str, float]:
-    """Bits per weight and model MB that ``cfg`` would give, from shapes alone (nothing quantized).
-
-    ``model_or_config``: a model, or a transformers config (shapes from a meta-device model).
-    """
-    from transformers import AutoModelForCausalLM, PretrainedConfig
-
-    if isinstance(model_or_config, PretrainedConfig):
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(model_or_config)
-    else:
-        model = model_or_config
-    method = get_method(cfg.method)
-    if method.estimate_bits is None:
-        raise ValueError(f"{cfg.method} has no size estimate")
-    q_bits, q_params = 0.0, 0
-    for _b, _name, mod in quantizable_linears(model):
-        q_bits += method.estimate_bits(mod.out_features, mod.in_features, cfg) * mod.out_features * mod.in_features
-        q_params += mod.out_features * mod.in_features
-    total = sum(p.numel() for p in model.parameters())
-    other = total - q_params
-    return {"bits_per_weight": q_bits / max(q_params, 1),
-            "model_mb": (q_bits + 16 * other) / 8 / 1e6,
-            "fp_mb": 16 * total / 8 / 1e6}
 
 
 @contextmanager
@@ -143,36 +79,6 @@ def _decode_once(block: nn.Module):
             m.set_cache(False)
 
 
-class _StageDone(Exception):
-    """Raised by the Hessian hook: the rest of the block is not needed for this stage."""
-
-
-@torch.no_grad()
-def _stage_hessian(block: nn.Module, stage: list[str], inputs, device) -> torch.Tensor:
-    """H = XᵀX/n of the input shared by the linears of ``stage``.
-
-    One pass over all calibration batches that stops each forward as soon as the stage's input
-    has been seen, so the q/k/v stage costs a norm, not a block.
-    """
-    mod = block.get_submodule(stage[0])
-    acc = HessianAccumulator(mod.in_features, device)
-
-    def hook(m, inp):
-        acc.add(inp[0])
-        raise _StageDone
-
-    handle = mod.register_forward_pre_hook(hook)
-    try:
-        for hs, kw in zip(inputs.hidden, inputs.kwargs):
-            try:
-                run_block(block, hs, kw)
-            except _StageDone:
-                pass
-    finally:
-        handle.remove()
-    return acc.H
-
-
 def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None = None,
                    progress: Progress | None = None, cancel=None,
                    device: str | torch.device | None = None) -> QuantizeResult:
@@ -182,7 +88,6 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
     or CUDA when available) while it is processed.
     """
     calib = calib or CalibConfig()
-    method = get_method(cfg.method)
     home = next(model.parameters()).device
     dev = torch.device(device) if device is not None else (
         home if home.type != "cpu" or not torch.cuda.is_available() else torch.device("cuda"))
@@ -211,12 +116,12 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
             block.to(dev)
             stages = linear_stages(block, inputs.hidden[0], inputs.kwargs[0])
             targets = None
-            if method.finetune_block is not None and getattr(cfg, "finetune", False):
+            if getattr(cfg, "finetune", False):
                 with torch.no_grad():
                     targets = [run_block(block, hs, kw) for hs, kw in zip(inputs.hidden, inputs.kwargs)]
             for stage in stages:
                 with _decode_once(block):
-                    H = _stage_hessian(block, stage, inputs, dev)
+                    H = stage_hessian(block, stage, inputs, dev)
                 peak = max(peak, _rss_mb())
                 for name in stage:
                     if _is_cancelled(cancel):
@@ -246,7 +151,8 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                     progress(step, total, f"block {b + 1}/{len(blocks)} · {name}")
                 del H
             if targets is not None:
-                metrics = method.finetune_block(block, inputs.hidden, targets, inputs.kwargs[0], cfg, progress)
+                metrics = finetune_block(block, inputs.hidden, targets, inputs.kwargs[0],
+                                         cfg.finetune_steps, cfg.finetune_lr, progress)
                 for r in layer_rows:
                     if r["block"] == b:
                         r.update({f"finetune_{k}": v for k, v in (metrics or {}).items()})

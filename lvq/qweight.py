@@ -1,35 +1,51 @@
-"""The one interface every method returns: ``quantize(W, H, cfg) -> QuantizedWeight``.
+"""The one interface every method returns, ``quantize(W, H, cfg) -> QuantizedWeight``, and the
+``Method`` entry each method module declares for the registry (lvq/methods.py).
 
 A QuantizedWeight is what is *stored* for one linear layer (packed codes, scales, lattices,
 codebooks...) plus the few numbers needed to decode it. It can:
 
 * ``dequantize()``        -> [out, in] float32 tensor, the weight the model computes with;
-* ``linear(x, bias)``     -> y = x Wᵀ + b (methods may override with a faster decode-free path);
+* ``linear(x, bias)``     -> y = x Ŵᵀ + b (methods may override with a decode-free path);
 * ``bit_breakdown()``     -> {component: stored bits}; ``bits_per_weight()`` is its sum / (out·in);
 * ``stats()``             -> plain JSON-able data for the dashboard's plots;
 * ``state()`` / ``from_state()`` -> (tensors, meta) for safetensors + JSON, no pickle.
 
-Conventions for ``stats()``: a value that is a list of dicts is a *table* (e.g. ``"groups"`` with
-one record per weight group, ``"channels"`` with one per input channel, ``"curve"`` with one per
-optimisation step); the pipeline stacks these over layers into the run's report tables, adding a
-``layer`` column. Scalar values become columns of the per-layer table.
+``stats()`` conventions: a value that is a list of dicts is a *table* (e.g. ``"groups"`` with one
+record per weight group, ``"channels"`` with one per input channel, ``"curve"`` with one per
+optimisation step); the pipeline stacks these over layers into the run's report tables (adding a
+``layer`` column), so they never go into ``run.json``. Scalar values become columns of the
+per-layer table. What the quantizer learned on the way (per-group errors, loss curves) lives in
+an optional ``diagnostics`` field that ``stats()`` reads and ``state()`` leaves out.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 
 class QuantizedWeight(ABC):
-    method: ClassVar[str] = ""
+    """Base of the stored forms. Subclasses are frozen dataclasses with the fields
+    ``out_features``, ``in_features`` and ``method_name``; ``trainable`` names the state tensors
+    that hold continuous parameters (scales, generators, codebooks), which fine-tuning may train
+    with the codes frozen."""
+
+    out_features: int
+    in_features: int
+    method_name: str
+    trainable: ClassVar[tuple[str, ...]] = ()
 
     @property
-    @abstractmethod
+    def method(self) -> str:
+        return self.method_name
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(out_features, in_features)."""
+        return (self.out_features, self.in_features)
 
     @abstractmethod
     def dequantize(self) -> torch.Tensor:
@@ -49,8 +65,7 @@ class QuantizedWeight(ABC):
         """Inverse of :meth:`state`."""
 
     def bits_per_weight(self) -> float:
-        out_f, in_f = self.shape
-        return sum(self.bit_breakdown().values()) / (out_f * in_f)
+        return sum(self.bit_breakdown().values()) / (self.out_features * self.in_features)
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -66,15 +81,16 @@ def fp16_bits(*tensors: torch.Tensor) -> int:
     return 16 * sum(int(t.numel()) for t in tensors)
 
 
-def layer_objective(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor | None) -> float:
-    """tr((W - Ŵ) H (W - Ŵ)ᵀ): the output error ‖(W - Ŵ)X‖² per sample (H = XᵀX/n); H=None -> ‖W-Ŵ‖²."""
-    D = (W - W_hat).to(torch.float64)
-    if H is None:
-        return float((D * D).sum())
-    return float(((D @ H.to(D)) * D).sum())
+@dataclass(frozen=True)
+class Method:
+    """One registry entry, declared by the method's own module.
 
+    quantize(W [out, in], H [in, in] | None, cfg) -> weight_cls instance; estimate_bits(out, in,
+    cfg) -> bits per weight from shapes alone (the size estimate shown before a run)."""
 
-def relative_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor | None) -> float:
-    """‖(W - Ŵ)X‖² / ‖WX‖² (with H = I: relative weight MSE)."""
-    den = layer_objective(W, torch.zeros_like(W), H)
-    return layer_objective(W, W_hat, H) / max(den, 1e-300)
+    name: str
+    config_cls: type
+    quantize: Callable[..., QuantizedWeight]
+    weight_cls: type[QuantizedWeight]
+    description: str
+    estimate_bits: Callable[[int, int, Any], float] | None = None

@@ -31,17 +31,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
+from .methods import get_method
 from .qlinear import QuantizedLinear
 from .report import Report
+from .version import __version__
 
 FORMAT = "lvq-run"
 VERSION = 1
 
 
 def _versions() -> dict[str, str]:
-    import transformers
+    import transformers  # heavy: imported when a run is saved, not with lvq
 
-    from . import __version__
     return {"lvq": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
@@ -144,8 +145,6 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(info.get("version"), int) or info["version"] > VERSION:
         raise LvqError(f"{run_dir} was written by a newer lvq (run format {info.get('version')}, "
                        f"this lvq reads up to {VERSION}); upgrade lvq")
-    from .methods import get_method
-
     name = info.get("method", {}).get("method")
     try:
         get_method(name)
@@ -167,7 +166,6 @@ def _check_files(run_dir: Path, info: dict[str, Any], verify_hash: bool) -> None
 
 
 def _weight_cls(method: str):
-    from .methods import get_method
     return get_method(method).weight_cls
 
 
@@ -210,6 +208,13 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
     return model, tok, report
+
+
+def load_report(run_dir: str | Path) -> Report:
+    """The report tables of a run folder (validated), without loading its model."""
+    run_dir = Path(run_dir)
+    read_run_info(run_dir)
+    return Report.load(run_dir / "report")
 
 
 def load_layer(run_dir: str | Path, layer: str):

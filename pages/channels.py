@@ -4,24 +4,24 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from . import Page, figures, run_dropdown_update, state, texts
+import lvq
+
+from . import Page, figures, open_report, run_picker, runtable, texts
 
 METHODS = ("crvq", "aqlm")
 
 
 def _layers(report) -> list[str]:
     for name in ("channels", "codebooks", "layers"):
-        df = state.report_table(report, name)
+        df = runtable.report_table(report, name)
         if len(df) and "layer" in df:
             return list(dict.fromkeys(df["layer"].astype(str)))
     return []
 
 
 def _critical_ratio(run_dir: str) -> float | None:
-    import lvq
-
     try:
-        return float(lvq.read_run_info(state.run_path(run_dir))["method"].get("critical_ratio"))
+        return float(lvq.read_run_info(runtable.run_path(run_dir))["method"].get("critical_ratio"))
     except (ValueError, TypeError, KeyError, OSError):
         return None
 
@@ -44,17 +44,12 @@ def finetune_note(rows: pd.DataFrame) -> str:
 
 def layer_figures(run_dir: str | None, layer: str | None):
     """(importance, permutation, codebook usage, per-channel error, note) for one layer of a run."""
-    if not run_dir or not layer:
-        empty = figures.empty_figure("no CRVQ run yet: quantize one on the Quantize page")
-        return empty, empty, empty, empty, "No CRVQ layer selected."
-    try:
-        report = state.load_report(run_dir)
-    except (ValueError, OSError) as e:
-        empty = figures.empty_figure("cannot read this run")
-        return empty, empty, empty, empty, f"❌ {e}"
+    report, nothing = open_report(run_dir if layer else None, "CRVQ", 4)
+    if nothing:
+        return nothing
 
     def of_layer(name: str) -> pd.DataFrame:
-        df = state.report_table(report, name)
+        df = runtable.report_table(report, name)
         return df[df["layer"].astype(str) == layer] if len(df) and "layer" in df else df
 
     ch, cb = of_layer("channels"), of_layer("codebooks")
@@ -71,23 +66,17 @@ def select_run(run_dir: str | None):
     layers = []
     if run_dir:
         try:
-            layers = _layers(state.load_report(run_dir))
+            layers = _layers(runtable.load_report(run_dir))
         except (ValueError, OSError):
             layers = []
     layer = layers[0] if layers else None
     return (gr.update(choices=layers, value=layer), *layer_figures(run_dir, layer))
 
 
-def _run_choices():
-    return sum((state.run_choices(m) for m in METHODS), [])
-
-
 def build() -> Page:
     gr.Markdown(texts.CHANNELS_HELP)
-    with gr.Row():
-        run = gr.Dropdown([], value=None, allow_custom_value=True, label="CRVQ / AQLM run", scale=3, elem_id="channels-run")
-        layer = gr.Dropdown([], value=None, allow_custom_value=True, label="Layer", scale=3)
-        refresh = gr.Button("↻ Refresh runs", size="sm", scale=1)
+    picker = run_picker("CRVQ / AQLM run", METHODS, "channels-run")
+    layer = gr.Dropdown([], value=None, allow_custom_value=True, label="Layer")
     note = gr.Markdown()
     imp = gr.Plot(label="Channel importance")
     with gr.Row():
@@ -95,18 +84,6 @@ def build() -> Page:
         usage = gr.Plot(label="Codebook usage")
     err = gr.Plot(label="Per-channel error")
     outs = [imp, perm, usage, err, note]
-
-    def refresh_runs(current=None):
-        return run_dropdown_update(_run_choices(), current)
-
-    def load():
-        choices = _run_choices()
-        value = choices[0][1] if choices else None
-        return (run_dropdown_update(choices, value), *select_run(value))
-
-    run.change(select_run, run, [layer, *outs], api_name="channels")
-    layer.input(layer_figures, [run, layer], outs, api_name=False)
-    refresh.click(refresh_runs, run, run, queue=False, api_name=False)
-    return Page(refresh=refresh_runs, outputs=[run], refresh_inputs=[run], load=load,
-                load_outputs=[run, layer, *outs])
-
+    picker.dropdown.change(select_run, picker.dropdown, [layer, *outs], api_name="channels")
+    layer.input(layer_figures, [picker.dropdown, layer], outs, api_name=False)
+    return picker.page(select_run, [layer, *outs])

@@ -8,7 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from . import Page, run_dropdown_update, state, texts
+import lvq
+
+from . import Page, cache, run_picker, runtable, texts
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +31,11 @@ def plain_history(history: list | None) -> list[dict[str, str]]:
 
 
 def base_model_of(run_dir: str) -> str:
-    import lvq
-
-    return str(lvq.read_run_info(state.run_path(run_dir))["model"].get("source") or "")
+    return str(lvq.read_run_info(runtable.run_path(run_dir))["model"].get("source") or "")
 
 
 def _stream_into(events: queue.Queue, key: str, model, tok, messages, settings, stop) -> None:
     """Run one generation, putting (key, text so far) after every token and (key, None) at the end."""
-    import lvq
-
     text = ""
     try:
         for text in lvq.chat_stream(model, tok, messages, stop=stop, **settings):
@@ -63,20 +61,20 @@ def chat(prompt: str, run_dir: str | None, hist_o: list | None, hist_q: list | N
         yield hist_o, hist_q, prompt
         return
     settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
-    stop = state.SIGNALS.fresh(state.session_id(request), "chat")
+    stop = cache.SIGNALS.fresh(cache.session_id(request), "chat")
     user = {"role": "user", "content": prompt}
     new_o = hist_o + [user, {"role": "assistant", "content": "…"}]
     new_q = hist_q + [user, {"role": "assistant", "content": "…"}]
     yield new_o, new_q, ""
     models: dict[str, tuple] = {}
     try:
-        q_model, q_tok, _ = state.RUN_MODELS.get(state.run_path(run_dir))
+        q_model, q_tok, _ = cache.RUN_MODELS.get(runtable.run_path(run_dir))
         models["q"] = (q_model, q_tok, hist_q)
     except (ValueError, OSError) as e:
         new_q[-1]["content"] = f"❌ cannot load the run: {e}"
     try:
         base = base_model_of(run_dir)
-        o_model, o_tok = state.BASE_MODELS.get(base)
+        o_model, o_tok = cache.BASE_MODELS.get(base)
         models["o"] = (o_model, o_tok, hist_o)
     except (ValueError, OSError) as e:
         new_o[-1]["content"] = f"❌ cannot load the original model: {e}"
@@ -105,7 +103,7 @@ def chat(prompt: str, run_dir: str | None, hist_o: list | None, hist_q: list | N
 
 
 def stop_chat(request: gr.Request) -> None:
-    state.SIGNALS.set(state.session_id(request), "chat")
+    cache.SIGNALS.set(cache.session_id(request), "chat")
 
 
 def describe_run(run_dir: str | None) -> str:
@@ -119,9 +117,8 @@ def describe_run(run_dir: str | None) -> str:
 
 def build() -> Page:
     gr.Markdown(texts.CHAT_HELP)
-    with gr.Row():
-        run = gr.Dropdown([], value=None, allow_custom_value=True, label="Quantized run", scale=4, elem_id="chat-run")
-        refresh = gr.Button("↻ Refresh runs", size="sm", scale=1)
+    picker = run_picker("Quantized run", None, "chat-run")
+    run = picker.dropdown
     info = gr.Markdown()
     with gr.Row():
         left = gr.Chatbot(label="Original", height=380, elem_id="chat-original")
@@ -138,20 +135,9 @@ def build() -> Page:
         top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
 
     inputs = [prompt, run, left, right, max_new, temperature, top_p]
-    gr.on([send.click, prompt.submit], state.gpu(chat), inputs, [left, right, prompt],
+    gr.on([send.click, prompt.submit], cache.gpu(chat), inputs, [left, right, prompt],
           api_name="chat", concurrency_limit=2, concurrency_id="chat")
     stop.click(stop_chat, None, None, queue=False, api_name=False)
     clear.click(lambda: ([], []), None, [left, right], queue=False, api_name=False)
     run.change(describe_run, run, info, api_name=False)
-
-    def refresh_runs(current=None):
-        return run_dropdown_update(state.run_choices(), current)
-
-    def load():
-        choices = state.run_choices()
-        value = choices[0][1] if choices else None
-        return run_dropdown_update(choices, value), describe_run(value)
-
-    refresh.click(refresh_runs, run, run, queue=False, api_name=False)
-    return Page(refresh=refresh_runs, outputs=[run], refresh_inputs=[run], load=load,
-                load_outputs=[run, info])
+    return picker.page(lambda value: (describe_run(value),), [info])

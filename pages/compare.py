@@ -7,7 +7,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from . import Page, figures, state, texts
+from . import Page, figures, runtable, texts
 
 FP_METHODS = ("fp", "fp16", "fp32", "bf16", "none")
 TABLE_COLUMNS = ["source", "label", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
@@ -46,8 +46,8 @@ def fp_reference(df: pd.DataFrame) -> float | None:
 
 def view(sources: list[str], x: str, log_y: bool):
     """(figure, table, csv path) for the chosen sources and axis."""
-    bench = state.load_bench() if "benchmark table" in sources else pd.DataFrame()
-    runs = state.list_runs() if "my runs" in sources else pd.DataFrame()
+    bench = runtable.load_bench() if "benchmark table" in sources else pd.DataFrame()
+    runs = runtable.list_runs() if "my runs" in sources else pd.DataFrame()
     df = combined_table(bench, runs)
     ref = fp_reference(df) if len(df) else None
     points = df[~df["method"].str.lower().isin(FP_METHODS)] if len(df) else df
@@ -57,7 +57,7 @@ def view(sources: list[str], x: str, log_y: bool):
         num = shown.select_dtypes(include=[np.number]).columns
         shown[num] = shown[num].round(3)
         shown = shown.sort_values(["ppl"], na_position="last")
-    out = state.runs_root() / ".exports"
+    out = runtable.runs_root() / ".exports"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"lvq-compare-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     shown.to_csv(path, index=False)

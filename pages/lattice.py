@@ -1,53 +1,23 @@
 """Lattice page: one group of one GLVQ layer — its learned lattice, the weights over it, μ and G."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gradio as gr
 import numpy as np
 import torch
 
-from . import Page, figures, run_dropdown_update, state, texts
+import lvq
 
+from . import Page, blank, cache, figures, run_picker, runtable, texts
 
-@dataclass
-class GroupView:
-    """What one GLVQ group stores, in the lattice's own coordinates."""
-    G: np.ndarray          # [d, d] effective generator (Δ_b · Ĝ)
-    mu: float              # 0 = no companding
-    bits: int
-    Z: np.ndarray          # [ℓ, d] signed integer codes; decoded points are G (z + ½)
-    Y: np.ndarray          # [ℓ, d] the group's companded, normalised weight vectors
-    from_original: bool    # Y from the original weights (else: the decoded ones)
-
-
-def group_view(qw, g: int, W: torch.Tensor | None = None) -> GroupView:
-    """Read group ``g`` of a GLVQWeight; ``W`` = the layer's original weight [out, in] if known."""
-    from lvq.companding import compress
-
-    tensors, meta = qw.state()
-    d, bits = int(meta["dim"]), int(meta["widths"][g])
-    a, b = qw.bounds()[g]
-    G = qw.generator(g).to(torch.float64)
-    mu = float(tensors["mu"][meta["mu_index"][g]]) if "mu" in tensors else 0.0
-    Z = qw.group_codes()[g].to(torch.int64) - (1 << (bits - 1))            # [out, n_g] signed
-    if W is not None:
-        X = W[:, a:b].to(torch.float64) / tensors["scales"][:, g:g + 1].to(torch.float64).clamp_min(1e-12)
-        Y = compress(X, mu) if mu > 0 else X
-    else:
-        Y = (Z.reshape(-1, d).to(torch.float64) + 0.5) @ G.T
-    return GroupView(G=G.numpy(), mu=mu, bits=bits, Z=Z.reshape(-1, d).numpy(),
-                     Y=Y.reshape(-1, d).numpy(), from_original=W is not None)
+METHODS = ("glvq",)
 
 
 def _original_weight(run_dir: str, layer: str) -> torch.Tensor | None:
     """The layer's weight in the original model (None when that model cannot be loaded)."""
-    import lvq
-
     try:
-        info = lvq.read_run_info(state.run_path(run_dir))
+        info = lvq.read_run_info(runtable.run_path(run_dir))
         full = next(n for n in info["layers"] if n == layer or n.endswith(f"layers.{layer}"))
-        model, _ = state.BASE_MODELS.get(str(info["model"].get("source") or ""))
+        model, _ = cache.BASE_MODELS.get(str(info["model"].get("source") or ""))
         return model.get_submodule(full).weight.detach().cpu()
     except (ValueError, OSError, StopIteration, AttributeError):
         return None
@@ -55,25 +25,21 @@ def _original_weight(run_dir: str, layer: str) -> torch.Tensor | None:
 
 def group_figures(run_dir: str | None, layer: str | None, group: float, coord_a: float, coord_b: float):
     """(learned lattice, integer grid, μ-law, G heatmap, note)."""
-    import lvq
-
     if not run_dir or not layer:
-        empty = figures.empty_figure("no GLVQ run yet: quantize one on the Quantize page")
-        return empty, empty, empty, empty, "No GLVQ layer selected."
+        return blank(4, "no GLVQ run yet: quantize one on the Quantize page", "No GLVQ layer selected.")
     try:
-        qw = lvq.load_layer(state.run_path(run_dir), layer)
+        qw = lvq.load_layer(runtable.run_path(run_dir), layer)
         n_groups = len(qw.bounds())
         g = min(max(int(group), 0), n_groups - 1)
-        view = group_view(qw, g, _original_weight(run_dir, layer))
+        view = qw.group_view(g, _original_weight(run_dir, layer))
     except (ValueError, OSError, KeyError, AttributeError) as e:
-        empty = figures.empty_figure("this layer has no lattice to show")
-        return empty, empty, empty, empty, f"❌ {e}"
+        return blank(4, "this layer has no lattice to show", f"❌ {e}")
     d = view.G.shape[0]
     mus = {f"group {g}": view.mu} if view.mu > 0 else {}
-    if qw.meta.get("decoder") == "nearest":  # codes index a standard lattice, not G (z + ½)
-        empty = figures.empty_figure(f"fixed {qw.meta['lattice']} lattice, nearest-point decoding")
+    if qw.decoder == "nearest":  # codes index a standard lattice, not G (z + ½)
+        empty = figures.empty_figure(f"fixed {qw.lattice} lattice, nearest-point decoding")
         note = (f"Group {g} of {n_groups} · d = {d} · {view.bits} bits · μ = {view.mu:.3g}. This run "
-                f"uses the fixed {qw.meta['lattice']} lattice (scaled per group) with exact nearest-point "
+                f"uses the fixed {qw.lattice} lattice (scaled per group) with exact nearest-point "
                 f"decoding: its cells are Voronoi cells in {d} dimensions, not the Babai parallelograms "
                 f"this page draws for learned lattices.")
         return empty, empty, figures.mu_law_curve(mus), empty, note
@@ -81,8 +47,9 @@ def group_figures(run_dir: str | None, layer: str | None, group: float, coord_a:
     if i == j:
         j = (i + 1) % d
     idx = [i, j]
-    G2 = view.G[np.ix_(idx, idx)]
-    V, Z2 = view.Y[:, idx], view.Z[:, idx]
+    G, Y, Z = view.G.numpy(), view.Y.numpy(), view.Z.numpy()
+    G2 = G[np.ix_(idx, idx)]
+    V, Z2 = Y[:, idx], Z[:, idx]
     extent = max(float(np.abs(V).max()) * 1.1, 0.05)
     learned = figures.lattice_figure(G2, V, f"Learned lattice, coords ({i}, {j}) of group {g} · {view.bits} bits",
                                      offset=0.5, extent=extent, codes=Z2)
@@ -95,14 +62,14 @@ def group_figures(run_dir: str | None, layer: str | None, group: float, coord_a:
             f"normalised by the stored row scales and companded. With error feedback on, the group was "
             f"quantized after earlier groups' errors were pushed onto it, so the vectors sit near — not "
             f"on — their points.")
-    return learned, grid, figures.mu_law_curve(mus), figures.matrix_heatmap(view.G, f"G of group {g} (d × d)"), note
+    return learned, grid, figures.mu_law_curve(mus), figures.matrix_heatmap(G, f"G of group {g} (d × d)"), note
 
 
 def select_run(run_dir: str | None):
     layers = []
     if run_dir:
         try:
-            df = state.report_table(state.load_report(run_dir), "layers")
+            df = runtable.report_table(runtable.load_report(run_dir), "layers")
             layers = list(df["layer"].astype(str)) if "layer" in df else []
         except (ValueError, OSError):
             layers = []
@@ -115,9 +82,9 @@ def select_layer(run_dir: str | None, layer: str | None):
     groups, d = 1, 2
     if run_dir and layer:
         try:
-            df = state.report_table(state.load_report(run_dir), "groups")
+            df = runtable.report_table(runtable.load_report(run_dir), "groups")
             groups = int((df["layer"].astype(str) == layer).sum()) or 1
-            layers = state.report_table(state.load_report(run_dir), "layers")
+            layers = runtable.report_table(runtable.load_report(run_dir), "layers")
             row = layers[layers["layer"].astype(str) == layer]
             d = int(row["stat_dim"].iloc[0]) if "stat_dim" in row and len(row) else 8
         except (ValueError, OSError, KeyError):
@@ -128,11 +95,9 @@ def select_layer(run_dir: str | None, layer: str | None):
 
 def build() -> Page:
     gr.Markdown(texts.LATTICE_HELP)
+    picker = run_picker("GLVQ run", METHODS, "lattice-run")
     with gr.Row():
-        run = gr.Dropdown([], value=None, allow_custom_value=True, label="GLVQ run", scale=3, elem_id="lattice-run")
-        layer = gr.Dropdown([], value=None, allow_custom_value=True, label="Layer", scale=3)
-        refresh = gr.Button("↻ Refresh runs", size="sm", scale=1)
-    with gr.Row():
+        layer = gr.Dropdown([], value=None, allow_custom_value=True, label="Layer", scale=2)
         group = gr.Slider(0, 1, value=0, step=1, label="Group")
         coord_a = gr.Slider(0, 7, value=0, step=1, label="Coordinate a")
         coord_b = gr.Slider(0, 7, value=1, step=1, label="Coordinate b")
@@ -145,6 +110,7 @@ def build() -> Page:
         mu = gr.Plot(empty, label="μ-law")
         gen = gr.Plot(empty, label="Generator G")
     outs = [learned, grid, mu, gen, note]
+    run = picker.dropdown
     sel = [run, layer, group, coord_a, coord_b]
 
     run.change(select_run, run, [layer], api_name=False)
@@ -152,14 +118,4 @@ def build() -> Page:
         group_figures, sel, outs, api_name="lattice")
     gr.on([group.release, coord_a.release, coord_b.release], group_figures, sel, outs,
           trigger_mode="always_last", api_name=False)
-
-    def refresh_runs(current=None):
-        return run_dropdown_update(state.run_choices("glvq"), current)
-
-    def load():
-        choices = state.run_choices("glvq")
-        value = choices[0][1] if choices else None
-        return run_dropdown_update(choices, value)
-
-    refresh.click(refresh_runs, run, run, queue=False, api_name=False)
-    return Page(refresh=refresh_runs, outputs=[run], refresh_inputs=[run], load=load, load_outputs=[run])
+    return picker.page()

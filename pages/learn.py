@@ -11,6 +11,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from lvq.lattice import GAUSS_UNIFORM_STEP, babai_cell, lattice_points_in_window, voronoi_cell
+
 from . import Page, texts
 
 _L = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), height=380)
@@ -44,7 +46,6 @@ def _polygon(fig: go.Figure, P: np.ndarray, name: str, color: str) -> None:
 
 
 def lattice_figure(angle: float, ratio: float, rho: float) -> go.Figure:
-    from lvq.lattice import babai_cell, lattice_points_in_window, voronoi_cell
 
     G = _generator(angle, ratio)
     Gt = torch.tensor(G)
@@ -189,7 +190,6 @@ def critical_figure(outlier: float, ratio: float) -> go.Figure:
 
 
 def bound_figure(rate: float) -> go.Figure:
-    from lvq.lattice import GAUSS_UNIFORM_STEP
 
     R = np.linspace(0.25, 4, 200)
     fig = go.Figure()

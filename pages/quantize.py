@@ -18,7 +18,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from . import Page, state, texts
+import lvq
+from lvq.config import ADDITIVE_DIMS, GLVQ_DECODERS, GLVQ_DIMS, GLVQ_LATTICES
+from lvq.jobs import EvalConfig, JobSpec, run_job
+
+from . import Page, cache, runtable, texts
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +46,19 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
         ("bits", "slider", dict(minimum=1.0, maximum=4.0, step=0.25),
          "average bits per weight; fractional targets mix integer widths across groups"),
         ("group_size", "dropdown", dict(choices=GROUPS), "input columns per group (one lattice each)"),
-        ("dim", "dropdown", dict(choices=[2, 4, 8, 16, 32]), "lattice dimension d (must divide the group size)"),
+        ("dim", "dropdown", dict(choices=list(GLVQ_DIMS)), "lattice dimension d (must divide the group size)"),
         ("steps", "slider", dict(minimum=0, maximum=500, step=10), "optimisation steps on G and μ per group"),
         ("companding", "checkbox", {}, "μ-law companding per group"),
         ("bit_allocation", "checkbox", {}, "salience-driven bits: N−1 / N / N+1 per group"),
         ("shared_lattice", "checkbox", {}, "one lattice for the whole layer (ablation)"),
         ("error_feedback", "checkbox", {}, "push each group's error onto later columns through H"),
-        ("lattice", "dropdown", dict(choices=["learned", "Z", "D", "E8"]),
+        ("lattice", "dropdown", dict(choices=list(GLVQ_LATTICES)),
          "learned: a trained G per group; Z, D, E8: a fixed standard lattice, scaled per group (E8 needs d = 8)"),
-        ("decoder", "dropdown", dict(choices=["babai", "nearest"]),
+        ("decoder", "dropdown", dict(choices=list(GLVQ_DECODERS)),
          "babai: z = round(G⁻¹x); nearest: the exact closest lattice point (standard lattices only)"),
     ],
     "crvq": [
-        ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d (consecutive input columns)"),
+        ("dim", "dropdown", dict(choices=list(ADDITIVE_DIMS)), "vector length d (consecutive input columns)"),
         ("codebook_bits", "slider", dict(minimum=1, maximum=12, step=1),
          "basic codebook: 2^e entries (e bits per vector)"),
         ("num_extended", "slider", dict(minimum=0, maximum=4, step=1),
@@ -68,10 +72,10 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
          "after each block: codes frozen, codebooks and scales trained to match the original block's outputs"),
         ("finetune_steps", "slider", dict(minimum=1, maximum=100, step=1),
          "fine-tuning passes over the calibration windows per block (stops early after 3 passes without "
-         "held-out gain); on CPU one pass costs ~6 s per block of the bundled 135M model"),
+         "held-out gain); each pass runs the block forward and backward on every window"),
     ],
     "aqlm": [
-        ("dim", "dropdown", dict(choices=[2, 4, 8, 16]), "vector length d"),
+        ("dim", "dropdown", dict(choices=list(ADDITIVE_DIMS)), "vector length d"),
         ("codebook_bits", "slider", dict(minimum=1, maximum=12, step=1), "2^e entries per codebook"),
         ("num_codebooks", "slider", dict(minimum=1, maximum=4, step=1), "additive codebooks M"),
         ("beam_width", "slider", dict(minimum=1, maximum=8, step=1), "beam width of the code search"),
@@ -95,14 +99,10 @@ RUN_TABLE_COLUMNS = ["run", "model", "method", "bits_per_weight", "model_mb", "p
 # Config handling (pure; tested)
 # ----------------------------------------------------------------------------------------------
 def _methods() -> list[str]:
-    import lvq
-
     return [m for m in lvq.method_names() if m in CONTROLS]
 
 
 def _config_cls(method: str):
-    import lvq
-
     return lvq.get_method(method).config_cls
 
 
@@ -126,8 +126,6 @@ def settings_dict(method: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(settings: dict[str, Any] | str):
     """A validated config from settings (dict or JSON); ValueError with the library's message."""
-    import lvq
-
     if isinstance(settings, str):
         try:
             settings = json.loads(settings)
@@ -140,7 +138,7 @@ def build_config(settings: dict[str, Any] | str):
 
 def estimate_markdown(model: str, cfg) -> str:
     try:
-        est = state.estimate_size(model, cfg)
+        est = cache.estimate_size(model, cfg)
     except Exception as e:  # unknown model, offline hub id, method without an estimate
         return f"Size estimate unavailable: {e}"
     return (f"**Estimate:** {est['bits_per_weight']:.3f} bits/weight in the quantized linears · "
@@ -148,7 +146,7 @@ def estimate_markdown(model: str, cfg) -> str:
 
 
 def run_table() -> pd.DataFrame:
-    df = state.list_runs()
+    df = runtable.list_runs()
     df = df[[c for c in RUN_TABLE_COLUMNS if c in df]].copy()
     for c in ("bits_per_weight", "model_mb", "ppl", "ppl_fp", "quant_time_s"):
         if c in df:
@@ -158,6 +156,18 @@ def run_table() -> pd.DataFrame:
 
 def _fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def presets_markdown(rows: pd.DataFrame) -> str:
+    """The presets note plus, for each preset the benchmark measured, its size, perplexity and
+    quantization time on the bundled model (read from the bench table, never typed in)."""
+    lines = []
+    for r in rows.itertuples(index=False):
+        lines.append(f"{r.method.upper()} **{r.preset}**: {r.bits_per_weight:.2f} bpw, perplexity "
+                     f"{r.ppl:.4g}, quantization {_fmt_s(float(r.quant_time_s))}")
+    measured = ("<small>Measured on the bundled model (`make bench`): " + " · ".join(lines)
+                + ".</small>\n") if lines else ""
+    return texts.PRESETS_NOTE + measured
 
 
 def summary_markdown(run_dir: str, metrics: dict[str, Any], protocol: str) -> str:
@@ -179,54 +189,31 @@ def summary_markdown(run_dir: str, metrics: dict[str, Any], protocol: str) -> st
 def _resolve_corpus(corpus: str, upload: Any) -> str:
     if corpus == UPLOAD:
         path = upload if isinstance(upload, str) or upload is None else getattr(upload, "name", None)
-        state.read_upload(path)
+        runtable.read_upload(path)
         return str(path)
     if not corpus:
         raise ValueError("choose a calibration corpus")
     return corpus
 
 
-def _work(model_name, cfg, calib, eval_windows, cancel, events: queue.Queue) -> None:
-    """Load, quantize, evaluate and save; reports ("progress", text, frac) / ("done", md) / ("error", msg)."""
-    import lvq
+def _work(spec: JobSpec, cancel, events: queue.Queue) -> None:
+    """Run the job; reports ("progress", text, frac) / ("done", md) / ("error", msg)."""
+    t0 = time.perf_counter()
 
-    def say(text: str, frac: float | None = None) -> None:
-        events.put(("progress", text, frac))
+    def progress(step: int, total: int, message: str) -> None:
+        if not total:
+            events.put(("progress", message, None))
+            return
+        el = time.perf_counter() - t0
+        eta = f" · ETA {_fmt_s(el / step * (total - step))}" if step else ""
+        events.put(("progress", f"{message} · layer {step} of {total} · {_fmt_s(el)} elapsed{eta}",
+                    step / max(total, 1)))
 
     try:
-        say(f"loading {model_name}…")
-        model, tok = state.fresh_model(model_name)
-        ppl_fp = None
-        if eval_windows:
-            say("perplexity of the original model…")
-            ppl_fp = state.fp_perplexity(model_name, calib.corpus, calib.seqlen, eval_windows)
-        t0 = time.perf_counter()
-
-        def progress(step: int, total: int, message: str) -> None:
-            el = time.perf_counter() - t0
-            eta = f" · ETA {_fmt_s(el / step * (total - step))}" if step else ""
-            say(f"{message} · layer {step} of {total} · {_fmt_s(el)} elapsed{eta}",
-                step / max(total, 1))
-
-        result = lvq.quantize_model(model, tok, cfg, calib=calib, progress=progress, cancel=cancel)
-        metrics: dict[str, Any] = {"ppl_fp": ppl_fp}
-        protocol = "not measured (evaluation windows = 0)"
-        if eval_windows:
-            say("perplexity of the quantized model…", 1.0)
-            text = lvq.eval_text(calib.corpus)
-            metrics["ppl"] = lvq.perplexity(result.model, result.tokenizer, text, seqlen=calib.seqlen,
-                                            max_windows=eval_windows)
-            name = calib.corpus if calib.corpus in lvq.list_corpora() else f"uploaded {Path(calib.corpus).name}"
-            protocol = (f"last {eval_windows} non-overlapping windows of {calib.seqlen} tokens of the "
-                        f"evaluation part of `{name}`")
-            metrics.update(eval_corpus=calib.corpus, eval_seqlen=calib.seqlen, eval_windows=eval_windows)
-        if cancel.is_set():
-            raise lvq.Cancelled("cancelled before saving")
-        run_dir = state.new_run_dir(model_name, cfg.method, getattr(cfg, "bits", None))
-        say(f"saving to {run_dir}…", 1.0)
-        lvq.save_run(result, run_dir, metrics=metrics)
-        state.RUN_MODELS.put(str(run_dir), (result.model, result.tokenizer, result.report))
-        events.put(("done", summary_markdown(str(run_dir), {**result.metrics, **metrics}, protocol)))
+        job = run_job(spec, progress=progress, cancel=cancel, loaded=cache.fresh_model(spec.model),
+                      fp_perplexity=cache.fp_perplexity(spec.model))
+        cache.RUN_MODELS.put(str(job.run_dir), (job.result.model, job.result.tokenizer, job.result.report))
+        events.put(("done", summary_markdown(str(job.run_dir), job.metrics, _protocol(spec))))
     except lvq.Cancelled:
         events.put(("error", "⏹ Run cancelled; nothing was saved."))
     except (ValueError, MemoryError, OSError) as e:  # LvqError is a ValueError
@@ -236,12 +223,20 @@ def _work(model_name, cfg, calib, eval_windows, cancel, events: queue.Queue) -> 
         events.put(("error", f"❌ The run failed: {type(e).__name__}: {e}"))
 
 
+def _protocol(spec: JobSpec) -> str:
+    ev = spec.eval
+    if not ev.windows:
+        return "not measured (evaluation windows = 0)"
+    corpus = spec.calib.corpus
+    name = corpus if corpus in lvq.list_corpora() else f"uploaded {Path(corpus).name}"
+    return (f"last {ev.windows} non-overlapping windows of {ev.seqlen} tokens of the evaluation "
+            f"part of `{name}`")
+
+
 def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_windows: float,
                      seqlen: float, eval_windows: float, request: gr.Request,
                      progress=gr.Progress()):
     """Stream (status, run table) while a run goes on in a worker thread."""
-    import lvq
-
     table = gr.update()
     try:
         if not model_name or not str(model_name).strip():
@@ -249,14 +244,17 @@ def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_w
         cfg = build_config(config)
         calib = lvq.CalibConfig(corpus=_resolve_corpus(corpus, upload), n_windows=int(n_windows),
                                 seqlen=int(seqlen))
+        name = str(model_name).strip()
+        spec = JobSpec(model=name, method=cfg, calib=calib,
+                       eval=EvalConfig(seqlen=int(seqlen), windows=int(eval_windows)),
+                       out_dir=str(runtable.new_run_dir(name, cfg.method, getattr(cfg, "bits", None))))
     except ValueError as e:
         gr.Warning(str(e))
         yield f"❌ {e}", table
         return
-    cancel = state.SIGNALS.fresh(state.session_id(request), "quantize")
+    cancel = cache.SIGNALS.fresh(cache.session_id(request), "quantize")
     events: queue.Queue = queue.Queue()
-    worker = threading.Thread(target=_work, daemon=True, name="lvq-quantize",
-                              args=(str(model_name).strip(), cfg, calib, int(eval_windows), cancel, events))
+    worker = threading.Thread(target=_work, daemon=True, name="lvq-quantize", args=(spec, cancel, events))
     worker.start()
     try:
         while True:
@@ -280,7 +278,7 @@ def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_w
 
 
 def cancel_run(request: gr.Request) -> str:
-    if state.SIGNALS.set(state.session_id(request), "quantize"):
+    if cache.SIGNALS.set(cache.session_id(request), "quantize"):
         return "⏹ Cancelling after the current layer…"
     return "Nothing to cancel."
 
@@ -303,10 +301,8 @@ def _widget(cls, method: str, field: str, kind: str, opts: dict, help_: str):
 
 
 def build() -> Page:
-    import lvq
-
     methods = _methods()
-    models = state.model_choices()
+    models = runtable.model_choices()
     gr.Markdown(texts.Q4_NOTE)
     with gr.Row():
         with gr.Column(scale=3):
@@ -319,7 +315,7 @@ def build() -> Page:
             with gr.Row():
                 fast = gr.Button("Fast preset", size="sm")
                 quality = gr.Button("Quality preset", size="sm")
-            gr.Markdown(texts.PRESETS_HELP)
+            gr.Markdown(presets_markdown(runtable.preset_rows()), elem_id="preset-costs")
             widgets: dict[str, dict[str, Any]] = {}
             groups = {}
             for m in methods:
@@ -391,12 +387,12 @@ def build() -> Page:
           show_progress="hidden", api_name=False)
     run.click(describe, [model, method, *flat_widgets], [config, estimate], queue=False,
               api_name=False).then(
-        state.gpu(run_quantization), [model, config, corpus, upload, n_windows, seqlen, eval_windows],
+        cache.gpu(run_quantization), [model, config, corpus, upload, n_windows, seqlen, eval_windows],
         [status, table], api_name="quantize", concurrency_limit=1, concurrency_id="heavy")
     cancel.click(cancel_run, None, status, queue=False, api_name="cancel")
 
     def refresh():
-        return run_table(), gr.update(choices=state.model_choices())
+        return run_table(), gr.update(choices=runtable.model_choices())
 
     def initial():
         return describe(model.value, method.value, *[w.value for w in flat_widgets])

@@ -21,14 +21,9 @@ evaluation text disjoint from the calibration text (non-overlapping windows; the
 printed next to each number). Runs are saved and appear in the run table and on every page.
 """
 
-PRESETS_HELP = """\
-<small>Presets on the bundled 135M model, 2-core CPU (quantization time; loading and evaluation add
-about two minutes): GLVQ 2 bpw **fast** ≈ 4 min (perplexity ≈ 320–360), **quality** ≈ 15 min (235) ·
-CRVQ **fast** (0.89 bpw) ≈ 5 min (perplexity ≈ 5600: shows the mechanics near 1 bit, not a usable
-model; d = 4 with e = 8 and one 6-bit extended codebook: 2.10 bpw, ≈ 100, ≈ 15 min), **quality** (the paper's d = 8, e = 8, m = 3, λ = 2 %,
-1.34 bpw here) ≈ 38 min on one core while the other was busy (perplexity 1120). Block fine-tuning
-adds ≈ 6 s per pass per block (30 blocks). fp32: 25.5. A GPU is much faster.
-Numbers and commands: BENCHMARKS.md.</small>
+PRESETS_NOTE = """\
+<small>Presets: **fast** for a first look in minutes on a CPU, **quality** for the best result. Measured
+costs and perplexities of every setting: BENCHMARKS.md (2-core CPU; a GPU is much faster).</small>
 """
 
 CALIB_HELP = """\

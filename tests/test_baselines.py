@@ -3,7 +3,7 @@ import torch
 
 import lvq
 from lvq.baselines import RTNWeight, estimate_bits, quantize_gptq, quantize_rtn
-from lvq.qweight import layer_objective
+from lvq.hessian import layer_objective
 
 
 def correlated_problem(out_f=48, in_f=200, n=2000, seed=0):

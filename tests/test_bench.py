@@ -2,7 +2,8 @@
 import pandas as pd
 import pytest
 
-from lvq.bench.__main__ import README_END, README_START, markdown_table, with_readme_table
+from lvq.bench.__main__ import markdown_table
+from scripts.update_readme import README_END, README_START, with_readme_table
 
 
 def _model_rows() -> pd.DataFrame:

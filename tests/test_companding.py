@@ -1,4 +1,4 @@
-"""Mu-law companding: exact inverse, identity option, kurtosis init."""
+"""Mu-law companding: exact inverse, kurtosis init."""
 import torch
 
 from lvq import companding as C
@@ -10,7 +10,6 @@ def test_round_trip_and_range():
         y = C.compress(x, mu)
         assert float(y.abs().max()) <= 1 + 1e-12
         assert torch.allclose(C.expand(y, mu), x, atol=1e-12)
-    assert torch.equal(C.compress_or_identity(x, 0.0), x)
 
 
 def test_compression_expands_small_values():
@@ -34,9 +33,3 @@ def test_kurtosis_init_grows_with_tails():
     assert abs(C.kurtosis(gauss) - 3) < 0.2
     assert mus[0] < mus[1] < mus[2] <= 255.0
     assert mus[0] >= 10.0
-
-
-def test_projection():
-    lm = torch.tensor([0.0, 10.0])
-    C.project_log_mu(lm, 10.0, 255.0)
-    assert torch.allclose(lm.exp(), torch.tensor([10.0, 255.0]), rtol=1e-5)

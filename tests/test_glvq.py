@@ -7,8 +7,8 @@ import torch
 from lvq.baselines import quantize_rtn
 from lvq.config import GLVQConfig, RTNConfig
 from lvq.glvq import GLVQWeight, estimate_bits, quantize_glvq
+from lvq.hessian import layer_objective
 from lvq.methods import get_method, quantize_layer
-from lvq.qweight import layer_objective
 
 
 def _correlated_layer(out=96, inn=256, seed=0):
@@ -67,7 +67,9 @@ def test_state_round_trip_exact():
     assert q2.bits_per_weight() == q.bits_per_weight()
     assert all(t.dtype in (torch.uint8, torch.float16) for t in tensors.values())
     # the decode used for the layer objective during quantization is the stored one
-    assert meta["layer_objective"] == pytest.approx(layer_objective(W, Wq, H), rel=1e-4)
+    assert q.diagnostics["layer_objective"] == pytest.approx(layer_objective(W, Wq, H), rel=1e-4)
+    # diagnostics stay out of the stored metadata (run.json stays small)
+    assert "group_stats" not in meta and "curve" not in meta and q2.diagnostics is None
 
 
 def test_bits_hand_computation_and_estimate():
@@ -104,7 +106,7 @@ def test_ablation_switches_run():
         if not c.companding:
             assert "mu" not in t
         if not c.bit_allocation:
-            assert set(q.meta["widths"]) == {2}
+            assert set(q.widths) == {2}
         rel = layer_objective(W, q.dequantize(), H) / layer_objective(W, torch.zeros_like(W), H)
         assert rel < 0.2, c
 

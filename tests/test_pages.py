@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pages import bitalloc, channels, chat, compare, figures, lattice, learn, quantize, state
+from pages import bitalloc, channels, chat, compare, figures, lattice, learn, quantize, runtable
 
 PAGES = [quantize, bitalloc, lattice, channels, compare, chat, learn]
 
@@ -97,6 +97,20 @@ def test_pareto_and_compare_figure():
     assert figures.compare_figure(df.iloc[:0]).layout.annotations
 
 
+def test_preset_costs_come_from_the_bench_table():
+    import lvq
+
+    fast = lvq.GLVQConfig.preset("fast")
+    bench = pd.DataFrame({"label": ["a", "b", "fp"], "method": ["glvq", "glvq", "fp"],
+                          "bits_per_weight": [2.148, 2.148, 16], "ppl": [319.0, 500.0, 25.5],
+                          "quant_time_s": [366.0, 10.0, 0.0],
+                          "config": [json.dumps(fast.to_dict()), json.dumps(fast.replace(dim=4).to_dict()), "{}"]})
+    rows = runtable.preset_rows(bench)
+    assert list(rows["label"]) == ["a"] and list(rows["preset"]) == ["fast"]
+    text = quantize.presets_markdown(rows)
+    assert "GLVQ **fast**: 2.15 bpw, perplexity 319, quantization 6.1 min" in text
+
+
 def test_compare_table_merges_bench_and_runs(tmp_path):
     bench = pd.DataFrame({"label": ["fp32", "rtn3"], "method": ["fp32", "rtn"], "bits_per_weight": [32, 3.5],
                           "model_mb": [540, 80], "ppl": [22.6, 93.0], "seqlen": 512, "windows": 8})
@@ -106,9 +120,9 @@ def test_compare_table_merges_bench_and_runs(tmp_path):
     assert list(df["source"]) == ["benchmark", "benchmark", "run"] and list(df["label"]) == ["fp32", "rtn3", "r1"]
     assert compare.fp_reference(df) == 22.6
     assert compare.fp_reference(df.iloc[1:]) == 22.7
-    assert state.load_bench(tmp_path / "missing.csv").empty
+    assert runtable.load_bench(tmp_path / "missing.csv").empty
     (tmp_path / "b.csv").write_text("label,method,bits_per_weight,ppl\nx,rtn,3,90\n")
-    assert set(state.load_bench(tmp_path / "b.csv").columns) >= set(state.BENCH_COLUMNS)
+    assert set(runtable.load_bench(tmp_path / "b.csv").columns) >= set(runtable.BENCH_COLUMNS)
 
 
 def test_quantize_config_helpers():
@@ -128,23 +142,23 @@ def test_quantize_config_helpers():
 
 def test_upload_validation(tmp_path):
     with pytest.raises(ValueError, match="no file"):
-        state.read_upload(None)
+        runtable.read_upload(None)
     (tmp_path / "e.txt").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        state.read_upload(str(tmp_path / "e.txt"))
+        runtable.read_upload(str(tmp_path / "e.txt"))
     (tmp_path / "b.txt").write_bytes(b"\x00\xff" * 10)
     with pytest.raises(ValueError, match="binary"):
-        state.read_upload(str(tmp_path / "b.txt"))
+        runtable.read_upload(str(tmp_path / "b.txt"))
     (tmp_path / "ok.txt").write_text("hello world")
-    assert state.read_upload(str(tmp_path / "ok.txt")) == "hello world"
+    assert runtable.read_upload(str(tmp_path / "ok.txt")) == "hello world"
 
 
 def test_run_path_stays_inside_runs_root(tmp_path):
-    (state.runs_root() / "r").mkdir()
-    assert state.run_path("r").endswith("/r")
+    (runtable.runs_root() / "r").mkdir()
+    assert runtable.run_path("r").endswith("/r")
     for bad in ("..", str(tmp_path), "missing", None):
         with pytest.raises(ValueError):
-            state.run_path(bad)
+            runtable.run_path(bad)
 
 
 def test_lattice_group_view_reads_a_glvq_layer():
@@ -153,14 +167,15 @@ def test_lattice_group_view_reads_a_glvq_layer():
     torch.manual_seed(0)
     W = torch.randn(16, 64)
     qw = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0))
-    view = lattice.group_view(qw, 1, W)
+    view = qw.group_view(1, W)
+    view = type(view)(**{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in vars(view).items()})
     assert view.G.shape == (8, 8) and view.Z.shape == (16 * 32 // 8, 8) and view.Y.shape == view.Z.shape
     lo = -(1 << (view.bits - 1))
     assert view.Z.min() >= lo and view.Z.max() <= -lo - 1
     assert np.abs(view.Y).max() <= 1.01                 # normalised by fp16 row scales, companded
     # decoded points G (z + ½) are what the layer stores for this group
-    decoded = lattice.group_view(qw, 1, None)
-    assert np.allclose(decoded.Y, (view.Z + 0.5) @ view.G.T)
+    decoded = qw.group_view(1, None)
+    assert np.allclose(decoded.Y.numpy(), (view.Z + 0.5) @ view.G.T)
     fig = figures.lattice_figure(view.G[:2, :2], view.Y[:, :2], "t", offset=0.5, codes=view.Z[:, :2])
     assert [t.name for t in fig.data] == ["Babai cells", "lattice points G(z+o)", "weight vectors", "used points"]
 
@@ -194,7 +209,7 @@ def test_lattice_page_says_so_for_a_nearest_point_run(monkeypatch):
     qw = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0,
                                                     lattice="E8", decoder="nearest"))
     monkeypatch.setattr(lvq, "load_layer", lambda path, layer: qw)
-    monkeypatch.setattr(state, "run_path", lambda run: "/nowhere/" + run)
+    monkeypatch.setattr(runtable, "run_path", lambda run: "/nowhere/" + run)
     monkeypatch.setattr(lattice, "_original_weight", lambda run, layer: W)
     figs = lattice.group_figures("r", "l", 1, 0, 1)
     assert "nearest-point decoding" in figs[-1] and "E8" in figs[-1]

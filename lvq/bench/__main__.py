@@ -20,7 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..baselines import GPTQConfig, RTNConfig
+from ..calibration import capture_block_inputs, decoder_blocks, linear_stages, stage_hessian
+from ..config import CalibConfig, GPTQConfig, RTNConfig
+from ..data import calibration_text, calibration_windows
+from ..eval import model_size
+from ..models import load_model
+from . import crvq, glvq
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets" / "bench"
@@ -46,9 +51,6 @@ def _run(cmd: list[str]) -> dict:
 def fp_row(args) -> dict:
     t = time.perf_counter()
     e = _run(["eval", "smollm2-135m", "--seqlen", str(args.seqlen), "--windows", str(args.eval_windows), "--json"])
-    from ..models import load_model
-    from ..pipeline import model_size
-
     model, _ = load_model("smollm2-135m", device="cpu")
     size = model_size(model)
     return {"label": "fp32 (reference)", "method": "fp", "bits_per_weight": 16.0,
@@ -98,7 +100,6 @@ def _append_unlocked(section: str, row: dict) -> None:
 
 
 def model_entries(section: str) -> list[tuple[str, object]]:
-    from . import crvq, glvq
     if section == "model":
         g, c = glvq.model_configs(), crvq.model_configs()
         # Cheapest informative entries first, so an interrupted run has the headline comparison.
@@ -113,12 +114,6 @@ def model_entries(section: str) -> list[tuple[str, object]]:
 def block_weights() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Block 0 of the bundled model: {name: W [out, in]} and {name: H [in, in]} (its calibration
     Hessian, shared by the linears that read the same input)."""
-    from ..calibration import capture_block_inputs, decoder_blocks, linear_stages
-    from ..config import CalibConfig
-    from ..data import calibration_text, calibration_windows
-    from ..models import load_model
-    from ..pipeline import _stage_hessian
-
     model, tok = load_model("smollm2-135m", device="cpu")
     calib = CalibConfig()
     win = calibration_windows(tok, calibration_text(calib.corpus), calib.n_windows, calib.seqlen, calib.seed)
@@ -126,7 +121,7 @@ def block_weights() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     block = decoder_blocks(model)[0]
     Ws, Hs = {}, {}
     for stage in linear_stages(block, inputs.hidden[0], inputs.kwargs[0]):
-        H = _stage_hessian(block, stage, inputs, torch.device("cpu"))
+        H = stage_hessian(block, stage, inputs, torch.device("cpu"))
         for name in stage:
             Ws[name] = block.get_submodule(name).weight.detach().float()
             Hs[name] = H
@@ -146,12 +141,10 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def _sweep_caveat() -> str:
     """Why the sweep's λ = 0 row is not the model table's AQLM 1x8 row."""
-    from .crvq import MODEL_EFFORT, SWEEP_EFFORT
-
     def fmt(e):
         return f"{e['epochs']} epochs, {e['adam_steps']} Adam steps, {e['kmeans_iters']} k-means iterations"
-    return (f"The sweep runs at reduced effort ({fmt(SWEEP_EFFORT)}; the model table uses "
-            f"{fmt(MODEL_EFFORT)}), so its λ = 0 row is not the model table's AQLM 1x8 row. "
+    return (f"The sweep runs at reduced effort ({fmt(crvq.SWEEP_EFFORT)}; the model table uses "
+            f"{fmt(crvq.MODEL_EFFORT)}), so its λ = 0 row is not the model table's AQLM 1x8 row. "
             "Float summation order alone moves these perplexities: the same GLVQ 2 bpw run gave "
             "319 on one thread and 362 on two (13 %), so read trends across λ, not single cells. "
             "Critical vector-groups are ⌊λ·in/d⌋, rounded up to one: on this model's 576-wide "
@@ -176,21 +169,6 @@ def sweep_grid(sweep: pd.DataFrame) -> pd.DataFrame:
             line[f"m = {m}"] = cells.get((lam, m), cells.get((lam, ms[0]), "") if lam == 0 else "")
         out.append(line)
     return pd.DataFrame(out)
-
-
-README_START, README_END = "<!-- bench:model -->", "<!-- /bench:model -->"
-
-
-def with_readme_table(readme: str, model: pd.DataFrame) -> str:
-    """``readme`` with the text between the bench markers replaced by the model-level table,
-    sorted by bits per weight so that entries of similar size sit together. Unchanged when the
-    markers are missing."""
-    i, j = readme.find(README_START), readme.find(README_END)
-    if i < 0 or j < i:
-        return readme
-    cols = ["label", "method", "bits_per_weight", "ppl", "quant_time_s", "peak_rss_mb"]
-    df = model.sort_values("bits_per_weight", kind="stable")[[c for c in cols if c in model.columns]]
-    return readme[:i + len(README_START)] + "\n" + markdown_table(df) + "\n" + readme[j:]
 
 
 def write_markdown(cmdline: str) -> None:
@@ -246,9 +224,6 @@ def _write_markdown_unlocked(cmdline: str) -> None:
             parts += ["Perplexity (bits per weight) by critical ratio λ and extended codebooks m:", "",
                       markdown_table(sweep_grid(raw)), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
-    readme = ROOT / "README.md"
-    if (ASSETS / "model.csv").is_file() and readme.is_file():
-        readme.write_text(with_readme_table(readme.read_text(), pd.read_csv(ASSETS / "model.csv")))
     frames = [pd.read_csv(ASSETS / f"{k}.csv") for k in ("model", "ablation", "sweep")
               if (ASSETS / f"{k}.csv").is_file()]
     if frames:
@@ -288,12 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                     _append(section, row)
                     write_markdown(cmdline)
         elif section == "gaussian":
-            from . import crvq, glvq
             ASSETS.mkdir(parents=True, exist_ok=True)
             glvq.gaussian_table(rows=args.gaussian_rows).to_csv(ASSETS / "gaussian_glvq.csv", index=False)
             crvq.gaussian_table(rows=args.gaussian_crvq_rows).to_csv(ASSETS / "gaussian_crvq.csv", index=False)
         elif section in ("layers", "sweep_layers"):
-            from . import crvq, glvq
             ASSETS.mkdir(parents=True, exist_ok=True)
             table = glvq.layer_table if section == "layers" else crvq.sweep_layer_table
             table(*block_weights()).to_csv(ASSETS / f"{section}.csv", index=False)

@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from ..config import AQLMConfig, CRVQConfig
-from ..crvq import quantize_aqlm, quantize_crvq
+from ..crvq import critical_group_count, estimate_bits, quantize_aqlm, quantize_crvq
+from ..hessian import relative_error
 
 # SmolLM2-135M linears per block: (out, in, count): q/o, k/v, gate/up, down.
 SMOLLM2_SHAPES = ((576, 576, 2), (192, 576, 2), (1536, 576, 2), (576, 1536, 1))
@@ -79,8 +80,6 @@ def gaussian_table(n: int = 4096, seed: int = 0, rows: int | None = None) -> pd.
 
 def model_bits(cfg, shapes=SMOLLM2_SHAPES) -> float:
     """Average bits per weight of cfg over the bundled model's linears (from shapes alone)."""
-    from ..crvq import estimate_bits
-
     total = sum(estimate_bits(o, i, cfg) * o * i * c for o, i, c in shapes)
     return total / sum(o * i * c for o, i, c in shapes)
 
@@ -134,9 +133,6 @@ def sweep_layer_table(Ws: dict[str, torch.Tensor], Hs: dict[str, torch.Tensor]) 
     (W [out, in], H [in, in]), one column per (λ, m), plus the critical vector-groups each λ gives
     (⌊λ·in/d⌋, rounded up to 1) and a geometric-mean row. Separates the layer objective, which
     the extended codebooks lower by construction, from whole-model perplexity."""
-    from ..crvq import critical_group_count
-    from ..qweight import relative_error
-
     configs = [(label.split(" ")[0], cfg) for label, cfg in sweep_configs()]
     # One "groups" column per λ of the sweep (m only needs to be > 0 for the count).
     lambdas = {cfg.critical_ratio: cfg.dim for _, cfg in configs if cfg.critical_ratio > 0}

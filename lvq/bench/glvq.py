@@ -2,7 +2,7 @@
 
 * ``gaussian_table``  — MSE and SNR on i.i.d. N(0, 1) weights (H = I) at 1, 2, 3 bpw for RTN,
   GLVQ (learned lattice, Babai) and the exact E8 nearest-point option, beside the
-  distortion–rate bound D(R) = 2^(−2R) (ALGORITHMS.md, "The physical limit").
+  distortion–rate bound D(R) = 2^(−2R) (docs/algorithms.md, "The physical limit").
 * ``model_configs`` / ``ablation_configs`` — the configs for the model-level and ablation tables.
 * ``layer_table``     — relative output error ‖(W − Ŵ)X‖² / ‖WX‖² of RTN, GPTQ and GLVQ at 2 bpw
   on given layers.
@@ -18,7 +18,7 @@ import torch
 from ..baselines import quantize_gptq, quantize_rtn
 from ..config import GLVQConfig, GPTQConfig, RTNConfig
 from ..glvq import quantize_glvq
-from ..qweight import relative_error
+from ..hessian import relative_error
 
 RTN_GROUP = 128  # RTN/GPTQ reference: asymmetric min-max per row and 128 input columns
 

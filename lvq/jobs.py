@@ -1,0 +1,126 @@
+"""One end-to-end job from a frozen spec: load, evaluate the original, quantize, evaluate, save.
+
+The CLI (``python -m lvq quantize``/``sweep``), the dashboard's Quantize page and the benchmark all
+run this one function; they only build a :class:`JobSpec` and show progress. Every saved run's
+``metrics`` follow :data:`METRICS` (also read by the run table and the Compare page).
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import CalibConfig
+from .data import eval_text
+from .errors import Cancelled, LvqError
+from .eval import perplexity
+from .models import load_model
+from .pipeline import QuantizeResult, quantize_model
+from .runs import save_run
+
+# The metrics schema of a saved run (run.json "metrics"): name -> meaning.
+METRICS: dict[str, str] = {
+    "bits_per_weight": "stored bits of the quantized linears / their weights (all overhead counted)",
+    "model_mb": "model size in MB: quantized linears at their real bits, other tensors at 16 bits",
+    "fp16_mb": "the same model with every tensor at 16 bits (the reference size)",
+    "quantized_params": "weights in the quantized linears",
+    "n_quantized_layers": "number of quantized linears",
+    "quant_time_s": "seconds of quantize_model (calibration, quantization, fine-tuning)",
+    "peak_rss_mb": "peak resident memory sampled during quantize_model, MB",
+    "process_peak_rss_mb": "peak resident memory of the whole job's process, MB",
+    "job_time_s": "seconds of the whole job (load, evaluations, quantization, save)",
+    "ppl": "perplexity of the quantized model (protocol: eval_corpus, eval_seqlen, eval_windows)",
+    "ppl_fp": "perplexity of the original model under the same protocol",
+    "eval_corpus": "corpus whose evaluation part was scored (a corpus name or a text file)",
+    "eval_seqlen": "tokens per evaluation window",
+    "eval_windows": "number of evaluation windows (the last ones of the evaluation part)",
+}
+
+Progress = Callable[[int, int, str], None]  # (step, total, message); total = 0: no step count
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Perplexity before/after on the last ``windows`` windows of ``seqlen`` tokens of the
+    evaluation part of ``corpus`` (None: the calibration corpus). windows = 0 skips evaluation;
+    ``reference`` = False skips the original model's perplexity."""
+
+    corpus: str | None = None
+    seqlen: int = 512
+    windows: int = 32
+    reference: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seqlen < 2:
+            raise ValueError(f"evaluation windows need at least 2 tokens, got seqlen={self.seqlen}")
+        if self.windows < 0:
+            raise ValueError(f"evaluation windows must be >= 0, got {self.windows}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one run needs: model (bundled name, local folder or hub id), the method config,
+    calibration and evaluation settings, and the run folder to write."""
+
+    model: str
+    method: Any
+    out_dir: str
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    overwrite: bool = False
+
+
+@dataclass
+class JobResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    result: QuantizeResult
+
+
+def _check_cancel(cancel, when: str) -> None:
+    if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+        raise Cancelled(f"cancelled {when}; nothing was saved")
+
+
+def run_job(spec: JobSpec, progress: Progress | None = None, cancel=None, *,
+            loaded: tuple[Any, Any] | None = None,
+            fp_perplexity: Callable[..., float] | None = None) -> JobResult:
+    """Run ``spec`` end to end and save the run folder (atomically; nothing on cancel or error).
+
+    loaded: (model, tokenizer) to quantize in place instead of loading ``spec.model`` (the
+    dashboard passes a private copy of its shared model). fp_perplexity(model, tokenizer, text,
+    seqlen, windows) -> float replaces the original model's evaluation (the dashboard caches it).
+    cancel: a threading.Event or a callable, checked between layers and before saving.
+    """
+    t0 = time.perf_counter()
+    say = progress or (lambda step, total, msg: None)
+    out = Path(spec.out_dir)
+    if out.exists() and not spec.overwrite:
+        raise LvqError(f"{out} already exists; choose another name or allow overwriting")
+    ev = spec.eval
+    corpus = ev.corpus or spec.calib.corpus
+    text = eval_text(corpus) if ev.windows else ""
+    say(0, 0, f"loading {spec.model}…")
+    model, tok = loaded if loaded is not None else load_model(spec.model)
+    metrics: dict[str, Any] = {}
+    if ev.windows:
+        metrics.update(eval_corpus=corpus, eval_seqlen=ev.seqlen, eval_windows=ev.windows)
+        if ev.reference:
+            say(0, 0, "perplexity of the original model…")
+            fp = fp_perplexity or perplexity
+            metrics["ppl_fp"] = fp(model, tok, text, ev.seqlen, ev.windows)
+    _check_cancel(cancel, "before quantizing")
+    result = quantize_model(model, tok, spec.method, calib=spec.calib, progress=progress,
+                            cancel=cancel)
+    result.model_name = spec.model
+    if ev.windows:
+        say(0, 0, "perplexity of the quantized model…")
+        metrics["ppl"] = perplexity(model, tok, text, ev.seqlen, ev.windows)
+    _check_cancel(cancel, "before saving")
+    metrics["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    metrics["job_time_s"] = time.perf_counter() - t0
+    say(0, 0, f"saving to {out}…")
+    save_run(result, out, metrics=metrics, overwrite=spec.overwrite)
+    return JobResult(run_dir=out, metrics={**result.metrics, **metrics}, result=result)
