@@ -2,7 +2,7 @@
 
 The CLI (``python -m lvq quantize``/``sweep``), the dashboard's Quantize page and the benchmark all
 run this one function; they only build a :class:`JobSpec` and show progress. Every saved run's
-``metrics`` follow :data:`METRICS` (also read by the run table and the Compare page).
+``metrics`` follow ``lvq.runs.METRICS`` (also read by the run table and the Compare page).
 """
 from __future__ import annotations
 
@@ -19,24 +19,6 @@ from .eval import perplexity
 from .models import load_model
 from .pipeline import QuantizeResult, quantize_model
 from .runs import save_run
-
-# The metrics schema of a saved run (run.json "metrics"): name -> meaning.
-METRICS: dict[str, str] = {
-    "bits_per_weight": "stored bits of the quantized linears / their weights (all overhead counted)",
-    "model_mb": "model size in MB: quantized linears at their real bits, other tensors at 16 bits",
-    "fp16_mb": "the same model with every tensor at 16 bits (the reference size)",
-    "quantized_params": "weights in the quantized linears",
-    "n_quantized_layers": "number of quantized linears",
-    "quant_time_s": "seconds of quantize_model (calibration, quantization, fine-tuning)",
-    "peak_rss_mb": "peak resident memory sampled during quantize_model, MB",
-    "process_peak_rss_mb": "peak resident memory of the whole job's process, MB",
-    "job_time_s": "seconds of the whole job (load, evaluations, quantization, save)",
-    "ppl": "perplexity of the quantized model (protocol: eval_corpus, eval_seqlen, eval_windows)",
-    "ppl_fp": "perplexity of the original model under the same protocol",
-    "eval_corpus": "corpus whose evaluation part was scored (a corpus name or a text file)",
-    "eval_seqlen": "tokens per evaluation window",
-    "eval_windows": "number of evaluation windows (the last ones of the evaluation part)",
-}
 
 Progress = Callable[[int, int, str], None]  # (step, total, message); total = 0: no step count
 

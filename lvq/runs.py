@@ -236,8 +236,28 @@ def load_layer(run_dir: str | Path, layer: str):
     return _weight_cls(entry["method"]).from_state(st, entry["meta"])
 
 
+# The metrics schema of a saved run (run.json "metrics"): name -> meaning.
+METRICS: dict[str, str] = {
+    "bits_per_weight": "stored bits of the quantized linears / their weights (all overhead counted)",
+    "model_mb": "model size in MB: quantized linears at their real bits, other tensors at 16 bits",
+    "fp16_mb": "the same model with every tensor at 16 bits (the reference size)",
+    "quantized_params": "weights in the quantized linears",
+    "n_quantized_layers": "number of quantized linears",
+    "quant_time_s": "seconds of quantize_model (calibration, quantization, fine-tuning)",
+    "peak_rss_mb": "peak resident memory sampled during quantize_model, MB",
+    "process_peak_rss_mb": "peak resident memory of the whole job's process, MB",
+    "job_time_s": "seconds of the whole job (load, evaluations, quantization, save)",
+    "ppl": "perplexity of the quantized model (protocol: eval_corpus, eval_seqlen, eval_windows)",
+    "ppl_fp": "perplexity of the original model under the same protocol",
+    "eval_corpus": "corpus whose evaluation part was scored (a corpus name or a text file)",
+    "eval_seqlen": "tokens per evaluation window",
+    "eval_windows": "number of evaluation windows (the last ones of the evaluation part)",
+}
+
+# The run table: one row per run; the metric columns are METRICS entries (eval_seqlen and
+# eval_windows appear as seqlen and windows, the benchmark table's names).
 RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
-               "quant_time_s", "peak_rss_mb", "created", "config"]
+               "seqlen", "windows", "eval_corpus", "quant_time_s", "peak_rss_mb", "created", "config"]
 
 
 def list_runs(root: str | Path) -> pd.DataFrame:
@@ -256,6 +276,8 @@ def list_runs(root: str | Path) -> pd.DataFrame:
         rows.append({"run": d.name, "path": str(d), "model": info["model"].get("source", ""),
                      "method": cfg.pop("method"), "bits_per_weight": m.get("bits_per_weight"),
                      "model_mb": m.get("model_mb"), "ppl": m.get("ppl"), "ppl_fp": m.get("ppl_fp"),
+                     "seqlen": m.get("eval_seqlen"), "windows": m.get("eval_windows"),
+                     "eval_corpus": m.get("eval_corpus"),
                      "quant_time_s": m.get("quant_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
                      "created": info.get("created", ""), "config": json.dumps(cfg)})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)

@@ -8,7 +8,7 @@ configs. Nothing runs at import.
 * ``sweep_configs``: the paper's Figure 4 grid, λ ∈ {0, 1%, 2%, 5%} × m ∈ {1, 2, 3} at e = 8.
 
 Effort (epochs, Adam steps, k-means iterations) of the model runs is ``MODEL_EFFORT``: between the
-"fast" preset (~3 min for the whole bundled model on this machine, idle) and "quality" (~25 min).
+"fast" and "quality" presets (their measured costs are in BENCHMARKS.md).
 Note that on the bundled model (in_features 576 and 1536) λ = 1% and 2% give the same single
 critical group on the 576-wide layers (⌊λ·576/8⌋ rounds up to 1; see lvq.crvq).
 """
@@ -105,7 +105,7 @@ def model_configs() -> list[tuple[str, object]]:
         ("crvq-d4-m3e6", CRVQConfig(dim=4, codebook_bits=8, num_extended=3, extended_bits=6,
                                     critical_ratio=0.02, **e)),
         # The paper's block fine-tuning (codes frozen) on the ~1.1 bpw entry, and the quality preset.
-        # 10 passes, not the default 50: a pass costs ~6 s per block here on one thread.
+        # 10 passes, not the default 50, to keep the CPU benchmark affordable.
         ("crvq-d8-m1e6 + block fine-tuning (10 passes)",
          CRVQConfig(dim=8, codebook_bits=8, num_extended=1, extended_bits=6, critical_ratio=0.02,
                     finetune=True, finetune_steps=10, **e)),
