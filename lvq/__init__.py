@@ -17,7 +17,7 @@ from .hessian import layer_objective, relative_error
 from .methods import config_from_dict, get_method, method_names, quantize_layer
 from .models import list_models, load_model
 from .pipeline import QuantizeResult, quantize_model
-from .qlinear import QuantizedLinear
+from .qlinear import QuantizedLinear, set_inference_mode
 from .qweight import Method, QuantizedWeight
 from .report import Report
 from .runs import list_runs, load_layer, load_report, load_run, read_run_info, save_run
@@ -30,5 +30,5 @@ __all__ = [
     "eval_text", "get_method", "layer_objective", "list_corpora", "list_models", "list_runs",
     "load_layer", "load_model", "load_report", "load_run", "method_names", "model_size", "perplexity",
     "quantize_layer", "quantize_model", "read_run_info", "read_text_file", "relative_error",
-    "save_run", "__version__",
+    "save_run", "set_inference_mode", "__version__",
 ]

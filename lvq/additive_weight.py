@@ -3,14 +3,15 @@ and CRVQ's input-channel permutation (docs/algorithms.md, "CRVQ").
 
     Ŵ[:, P] = s ⊙ Σ_k C_k[b_k]          (codebook k on the first n_k vector-groups)
 
-``linear`` keeps the columns permuted (it gathers x instead) and, for a few tokens at a time,
-never decodes the matrix: per token it builds each codebook's table of inner products with the
-input slices and sums table entries indexed by the codes.
+``linear`` keeps the columns permuted (it gathers x instead); ``kernel`` never decodes the matrix:
+per token it builds each codebook's table of inner products with the input slices and sums table
+entries indexed by the codes.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -18,11 +19,6 @@ import torch
 from .beam import decode_additive
 from .packing import unpack
 from .qweight import QuantizedWeight, fp16_bits
-
-# linear() uses the lookup-table product up to this many tokens and decodes the weight above it
-# (from a per-layer timing of both paths on a 2-core CPU: the table wins for a few tokens only).
-LUT_MAX_TOKENS = 8
-
 
 def permutation_bits(in_features: int) -> int:
     """Width of one stored permutation index: ⌈log₂ in⌉ (at least 1)."""
@@ -109,34 +105,21 @@ class CRVQWeight(QuantizedWeight):
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """y = x Ŵᵀ + b. The columns stay permuted: y = x[..., P] · Ŵ_Pᵀ (a gather of x, no
-        inverse permutation of the weight). Up to ``LUT_MAX_TOKENS`` rows of x (token-by-token
-        generation) go through the lookup-table path, which never decodes the weight."""
+        inverse permutation of the weight)."""
         if self.perm_index is not None:
             x = x.index_select(-1, self.perm_index.to(x.device))
-        if x.numel() // self.in_features <= LUT_MAX_TOKENS:
-            y = self._lut_matmul(x)
-            return y if bias is None else y + bias
         Wp = self.dequantize_permuted().to(device=x.device, dtype=x.dtype)
         return torch.nn.functional.linear(x, Wp, bias)
 
-    def _lut_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """Lookup-table product for permuted x [..., in]:
+    def kernel(self):
+        """Per token, each codebook's inner products with the input slices form a lookup table;
+        the output is a gather-sum over the codes (lvq/kernels/additive.py)."""
+        from . import kernels  # numba is heavy and only the CPU decoding path needs it
 
-            y_ti = s_i · Σ_k Σ_{g < n_k} T_k[t, g, b_ikg],   T_k[t, g, c] = ⟨x_{t,g}, C_k[c]⟩,
-
-        T_k costs T·n_k·K_k·d multiply-adds, the sum T·out·Σ_k n_k gathers (no [out, in] decode)."""
-        lead = x.shape[:-1]
-        xg = x.reshape(-1, self.num_groups, self.dim)  # [T, G, d]
-        y = None
-        for C, b in zip(self.codebooks, self.unpacked_codes()):
-            n, K = b.shape[1], C.shape[0]
-            table = torch.einsum("tgd,kd->tgk", xg[:, :n], C.to(device=x.device, dtype=x.dtype))
-            flat = (b.to(x.device) + torch.arange(n, device=x.device)[None, :] * K).reshape(-1)
-            part = table.reshape(table.shape[0], n * K).index_select(1, flat)
-            part = part.view(-1, self.out_features, n).sum(-1)  # [T, out]
-            y = part if y is None else y + part
-        y = y * self.scales.to(device=x.device, dtype=x.dtype)
-        return y.reshape(*lead, self.out_features)
+        prepared = kernels.prepare_additive(list(self.codes), list(self.codebooks), self.scales,
+                                            self.perm_index, list(self.code_bits),
+                                            self.out_features, self.in_features)
+        return partial(kernels.additive_matmul, prepared=prepared)
 
     def bit_breakdown(self) -> dict[str, int]:
         """Counted from the stored tensors (tests check it equals ``bit_breakdown_for``)."""

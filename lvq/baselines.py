@@ -13,6 +13,7 @@ tr((W − Ŵ) H (W − Ŵ)ᵀ) stays small.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -98,6 +99,13 @@ class RTNWeight(QuantizedWeight):
 
     def stats(self) -> dict[str, Any]:
         return {"bits": self.bits, "group_size": self.group_size}
+
+    def kernel(self):
+        from . import kernels  # numba is heavy and only the CPU decoding path needs it
+
+        prepared = kernels.prepare_scalar(self.codes, self.scale, self.zero, self.bits, self.group_size,
+                                          self.out_features, self.in_features)
+        return partial(kernels.scalar_matmul, prepared=prepared)
 
 
 def _pack_weight(Q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cfg, method: str) -> RTNWeight:

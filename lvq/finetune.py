@@ -102,7 +102,7 @@ def finetune_block(block: nn.Module, inputs: list[torch.Tensor], targets: list[t
                 p.copy_(v)
         for (m, name, dtype), p in zip(trained, params):
             setattr(m, name, p.detach().to(dtype))
-            m.set_cache(m.cache)
+            m.invalidate()
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
     return {"val_before": before, "val_after": best, "best_step": best_step, "steps_run": done}

@@ -13,6 +13,7 @@ F⁻¹ the μ-law expansion (lvq/companding.py; μ = 0 stores "no companding"). 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -179,6 +180,15 @@ class GLVQWeight(QuantizedWeight):
             W[:, a:b] = decode_group(U, self.widths[g], self.group_generator(g), self.group_mu(g),
                                      scales[:, g:g + 1], codec)
         return W
+
+    def kernel(self):
+        from . import kernels  # numba is heavy and only the CPU decoding path needs it
+
+        mus = [0.0 if (mu := self.group_mu(g)) is None else float(mu) for g in range(len(self.widths))]
+        prepared = kernels.prepare_lattice(self.group_codes(), self.widths, self.scales,
+                                           [self.generator(g) for g in range(len(self.widths))], mus,
+                                           self.dim, decoder=self.decoder, lattice=self.lattice)
+        return partial(kernels.lattice_matmul, prepared=prepared)
 
     def group_view(self, g: int, W: torch.Tensor | None = None) -> GroupView:
         """Group g as lattice coordinates; ``W`` = the layer's original weight [out, in] if known."""

@@ -18,6 +18,7 @@ from .errors import Cancelled, LvqError
 from .eval import perplexity
 from .models import load_model
 from .pipeline import QuantizeResult, quantize_model
+from .qlinear import set_inference_mode
 from .runs import save_run
 
 Progress = Callable[[int, int, str], None]  # (step, total, message); total = 0: no step count
@@ -44,7 +45,9 @@ class EvalConfig:
 @dataclass(frozen=True)
 class JobSpec:
     """Everything one run needs: model (bundled name, local folder or hub id), the method config,
-    calibration and evaluation settings, and the run folder to write."""
+    calibration and evaluation settings, and the run folder to write. ``sweep``: the sweep this
+    run belongs to, ``{"name": str, "swept": {setting: value}}`` (JSON-safe), stored as the run's
+    ``metrics["sweep"]`` (lvq/sweep.py fills it; None for a single run)."""
 
     model: str
     method: Any
@@ -52,6 +55,7 @@ class JobSpec:
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     overwrite: bool = False
+    sweep: dict[str, Any] | None = None
 
 
 @dataclass
@@ -99,10 +103,14 @@ def run_job(spec: JobSpec, progress: Progress | None = None, cancel=None, *,
     result.model_name = spec.model
     if ev.windows:
         say(0, 0, "perplexity of the quantized model…")
+        set_inference_mode(model, "dense")  # long windows: decode each layer once, not per batch
         metrics["ppl"] = perplexity(model, tok, text, ev.seqlen, ev.windows)
+    set_inference_mode(model, "packed" if next(model.parameters()).device.type == "cpu" else "dense")
     _check_cancel(cancel, "before saving")
     metrics["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics["job_time_s"] = time.perf_counter() - t0
+    if spec.sweep is not None:
+        metrics["sweep"] = spec.sweep
     say(0, 0, f"saving to {out}…")
     save_run(result, out, metrics=metrics, overwrite=spec.overwrite)
     return JobResult(run_dir=out, metrics={**result.metrics, **metrics}, result=result)

@@ -70,13 +70,14 @@ def _decode_once(block: nn.Module):
     (calibration passes run many batches through the same weights); the copies are dropped on
     exit, so at most one block's dense weights are held at a time."""
     qlins = [m for m in block.modules() if isinstance(m, QuantizedLinear)]
+    modes = [m.mode for m in qlins]
     for m in qlins:
-        m.set_cache(True)
+        m.set_mode("dense")
     try:
         yield
     finally:
-        for m in qlins:
-            m.set_cache(False)
+        for m, mode in zip(qlins, modes):
+            m.set_mode(mode)
 
 
 def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None = None,

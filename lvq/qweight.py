@@ -5,7 +5,8 @@ A QuantizedWeight is what is *stored* for one linear layer (packed codes, scales
 codebooks...) plus the few numbers needed to decode it. It can:
 
 * ``dequantize()``        -> [out, in] float32 tensor, the weight the model computes with;
-* ``linear(x, bias)``     -> y = x Ŵᵀ + b (methods may override with a decode-free path);
+* ``linear(x, bias)``     -> y = x Ŵᵀ + b (decode, then matmul; differentiable);
+* ``kernel()``            -> a decode-free product for few tokens on CPU (lvq/kernels), or None;
 * ``bit_breakdown()``     -> {component: stored bits}; ``bits_per_weight()`` is its sum / (out·in);
 * ``stats()``             -> plain JSON-able data for the dashboard's plots;
 * ``state()`` / ``from_state()`` -> (tensors, meta) for safetensors + JSON, no pickle.
@@ -74,6 +75,12 @@ class QuantizedWeight(ABC):
         """y = x Ŵᵀ + b for x [..., in]. Default: decode then matmul."""
         W = self.dequantize().to(device=x.device, dtype=x.dtype)
         return F.linear(x, W, bias)
+
+    def kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """f(x [..., in]) -> x Ŵᵀ [..., out] float32 computed from the codes without decoding Ŵ
+        (CPU, no autograd; prepared once from the stored form: call this once and keep the
+        result). None when the method has no such kernel."""
+        return None
 
 
 def fp16_bits(*tensors: torch.Tensor) -> int:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
 from .methods import get_method
-from .qlinear import QuantizedLinear
+from .qlinear import QuantizedLinear, set_inference_mode
 from .report import Report
 from .version import __version__
 
@@ -169,8 +169,13 @@ def _weight_cls(method: str):
     return get_method(method).weight_cls
 
 
-def load_run(run_dir: str | Path, device: str | torch.device | None = None, verify_hash: bool = True):
-    """Rebuild ``(model, tokenizer, report)`` from a run folder."""
+def load_run(run_dir: str | Path, device: str | torch.device | None = None, verify_hash: bool = True,
+             mode: str | None = None):
+    """Rebuild ``(model, tokenizer, report)`` from a run folder.
+
+    mode: how the quantized linears compute (lvq/qlinear.py); None picks "packed" on CPU (the
+    decode-free kernels: memory stays a few bits per weight) and "dense" on CUDA.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     run_dir = Path(run_dir)
@@ -205,6 +210,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
+    set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
     return model, tok, report
@@ -252,12 +258,16 @@ METRICS: dict[str, str] = {
     "eval_corpus": "corpus whose evaluation part was scored (a corpus name or a text file)",
     "eval_seqlen": "tokens per evaluation window",
     "eval_windows": "number of evaluation windows (the last ones of the evaluation part)",
+    "sweep": "the sweep the run belongs to: {name, swept: {setting: value}} (lvq/sweep.py; absent "
+             "for a single run)",
 }
 
 # The run table: one row per run; the metric columns are METRICS entries (eval_seqlen and
-# eval_windows appear as seqlen and windows, the benchmark table's names).
+# eval_windows appear as seqlen and windows, the benchmark table's names; sweep is the sweep's
+# name ("" for a single run) and swept its grid point as JSON ({setting: value}, "{}" if none).
 RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
-               "seqlen", "windows", "eval_corpus", "quant_time_s", "peak_rss_mb", "created", "config"]
+               "seqlen", "windows", "eval_corpus", "quant_time_s", "peak_rss_mb", "created", "config",
+               "sweep", "swept"]
 
 
 def list_runs(root: str | Path) -> pd.DataFrame:
@@ -272,6 +282,7 @@ def list_runs(root: str | Path) -> pd.DataFrame:
         except LvqError:
             continue
         m = info.get("metrics", {})
+        sweep = m.get("sweep") if isinstance(m.get("sweep"), dict) else {}
         cfg = dict(info["method"])
         rows.append({"run": d.name, "path": str(d), "model": info["model"].get("source", ""),
                      "method": cfg.pop("method"), "bits_per_weight": m.get("bits_per_weight"),
@@ -279,5 +290,6 @@ def list_runs(root: str | Path) -> pd.DataFrame:
                      "seqlen": m.get("eval_seqlen"), "windows": m.get("eval_windows"),
                      "eval_corpus": m.get("eval_corpus"),
                      "quant_time_s": m.get("quant_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),
-                     "created": info.get("created", ""), "config": json.dumps(cfg)})
+                     "created": info.get("created", ""), "config": json.dumps(cfg),
+                     "sweep": str(sweep.get("name", "")), "swept": json.dumps(sweep.get("swept", {}))})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)

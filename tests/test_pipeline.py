@@ -65,11 +65,42 @@ def test_quantized_linear_forward_equals_dequantize(tiny):
     x = torch.randn(5, 40, generator=g)
     ref = F.linear(x, qw.dequantize(), bias)
     assert torch.allclose(lin(x), ref, atol=1e-6)
-    lin.set_cache(True)
+    lin.set_mode("dense")
     assert torch.allclose(lin(x), ref, atol=1e-6)
     # Stored as packed buffers, not a dense weight.
     assert {n for n, _ in lin.named_buffers()} == {"codes", "scale", "zero", "bias"}
     assert lin.codes.dtype == torch.uint8
+
+
+TINY_CONFIGS = [
+    lvq.RTNConfig(bits=2, group_size=16), lvq.GPTQConfig(bits=3, group_size=32),
+    lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=1),
+    lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0, lattice="E8", decoder="nearest"),
+    lvq.AQLMConfig(dim=4, codebook_bits=5, num_codebooks=2, epochs=1, adam_steps=2, kmeans_iters=2),
+    lvq.CRVQConfig(dim=8, codebook_bits=4, num_extended=2, extended_bits=3, critical_ratio=0.1,
+                   epochs=1, adam_steps=2, kmeans_iters=2),
+]
+
+
+@pytest.mark.parametrize("cfg", TINY_CONFIGS, ids=lambda c: c.method)
+def test_packed_mode_equals_decode_then_matmul(cfg):
+    """The decode-free kernels give F.linear(x, dequantize()) to float tolerance, for 1..16
+    tokens, odd shapes and a bias; more tokens and gradients take the decoding path."""
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(37, 96, generator=g)
+    H = (lambda X: X.T @ X / 256)(torch.randn(256, 96, generator=g)).double()
+    qw = lvq.quantize_layer(W, H, cfg)
+    bias = torch.randn(37, generator=g)
+    lin = lvq.QuantizedLinear(qw, bias=bias, mode="packed")
+    W_hat = qw.dequantize()
+    with torch.no_grad():
+        for shape in ((1, 96), (3, 96), (2, 4, 96), (40, 96)):
+            x = torch.randn(*shape, generator=g)
+            assert torch.allclose(lin(x), F.linear(x, W_hat, bias), atol=1e-4, rtol=1e-4), shape
+    assert lin._kernel is not None  # the kernel was built and used for the few-token calls
+    x = torch.randn(2, 96, generator=g, requires_grad=True)
+    lin(x).sum().backward()  # with gradients the layer decodes (kernels have no autograd)
+    assert torch.allclose(x.grad, W_hat.sum(0).expand(2, -1), atol=1e-4)
 
 
 def test_cancel_stops_between_layers(tiny, tiny_corpus):

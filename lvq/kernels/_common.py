@@ -1,0 +1,134 @@
+"""Shared pieces of the CPU kernels: the jit decorator, LLVM intrinsics, threading policy.
+
+* ``jit``: ``numba.njit(cache=True, fastmath=True, ...)``, falling back to ``cache=False`` when
+  numba finds no writable cache location (a read-only install with an unwritable home): the
+  kernels then compile at every process start instead of failing. Nothing compiles at import;
+  each kernel compiles on its first call.
+* Intrinsics numba does not express directly: ``field_f32(word, mask)`` = float32(word & mask)
+  without numba's widening of integer arithmetic to int64 (which would halve the SIMD width);
+  ``half_f32(bits)`` = the float32 value of an IEEE fp16 bit pattern (vcvtph2ps on x86).
+* Threading: ``num_blocks(work, threads)`` is how many row blocks a call splits into: one unless
+  the caller asks for more (see its docstring for the measurement behind that default), and
+  always one for small layers (a parallel launch costs more than it saves there) and in a
+  process forked from the one that imported this module: GNU OpenMP's pool does not survive
+  ``fork()`` and numba aborts a child that launches a parallel region after the parent did.
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+# A process that is not the one that imported us is a fork child: kernels run single-threaded
+# there. (A constant, read once; spawned workers import afresh and get their own.)
+_IMPORT_PID = os.getpid()
+
+# Below this many weights a layer runs on one thread: numba's parallel launch (~5 µs here) is
+# comparable to the whole product (192 x 576 at 2 bits: ~6 µs on one core).
+PARALLEL_MIN_WEIGHTS = 1 << 17
+
+
+def jit(**opts):
+    """numba.njit(fastmath=True, boundscheck=False, cache=True, **opts) with a silent fallback to
+    cache=False where numba has nowhere to write its cache."""
+    opts = {"fastmath": True, "boundscheck": False, "nogil": True, **opts}
+
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **opts)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, **opts)(fn)
+
+    return wrap
+
+
+@intrinsic
+def field_f32(typingctx, word, mask):
+    """float32(word & mask) for unsigned integers ``word`` and ``mask`` (mask truncated to the
+    word's width), converted from the word's own width (no int64 detour)."""
+    if not (isinstance(word, types.Integer) and isinstance(mask, types.Integer)):
+        return None
+    sig = types.float32(word, mask)
+
+    def codegen(context, builder, signature, args):
+        w, m = args
+        if m.type.width > w.type.width:
+            m = builder.trunc(m, w.type)
+        elif m.type.width < w.type.width:
+            m = builder.zext(m, w.type)
+        return builder.uitofp(builder.and_(w, m), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def half_f32(typingctx, bits):
+    """The float32 value of the fp16 number whose bit pattern is the uint16 ``bits``."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 16):
+        return None
+    sig = types.float32(bits)
+
+    def codegen(context, builder, signature, args):
+        h = builder.bitcast(args[0], ir.HalfType())
+        return builder.fpext(h, ir.FloatType())
+
+    return sig, codegen
+
+
+def num_blocks(work: int, threads: int | None) -> int:
+    """Row blocks (= numba threads) for a product touching ``work`` weights.
+
+    ``threads`` None or 1: one block, on the calling thread (the default). Measured here: numba's
+    OpenMP pool is a second GNU OpenMP runtime beside torch's, and both spin after each parallel
+    region; interleaving 2-thread kernels with torch's 2-thread ops on 2 cores stalled F.linear
+    by milliseconds, while 1-thread kernels left it untouched. Ask for more threads where torch
+    runs single-threaded. Small layers (< PARALLEL_MIN_WEIGHTS) and fork children always get 1.
+    """
+    if threads is None or threads <= 1 or work < PARALLEL_MIN_WEIGHTS or os.getpid() != _IMPORT_PID:
+        return 1
+    return max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+
+
+def row_blocks(n_rows: int, n_blocks: int, align: int = 16) -> np.ndarray:
+    """Boundaries [n_blocks + 1] (int64) splitting n_rows into near-equal aligned blocks."""
+    step = -(-n_rows // n_blocks)
+    step = -(-step // align) * align
+    b = np.minimum(np.arange(n_blocks + 1, dtype=np.int64) * step, n_rows)
+    b[-1] = n_rows
+    return b
+
+
+def all_row_blocks(n_rows: int) -> tuple[np.ndarray, ...]:
+    """``row_blocks(n_rows, nb)`` for nb = 0 (unused), 1, …, numba's thread count: computed at
+    prepare time so that a call only indexes it."""
+    top = max(1, numba.config.NUMBA_NUM_THREADS)
+    return (np.zeros(1, dtype=np.int64),) + tuple(row_blocks(n_rows, nb) for nb in range(1, top + 1))
+
+
+def as_rows(x: torch.Tensor, in_features: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """x [..., in] -> (contiguous float32 numpy [T, in] sharing memory where possible, lead shape)."""
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x has {x.shape[-1]} features, the layer expects {in_features}")
+    if x.device.type != "cpu":
+        raise ValueError(f"the CPU kernels need x on the CPU, got {x.device}")
+    if x.dim() == 2 and x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous():
+        return x.numpy(), (x.shape[0],)  # the decode hot path: no copy, no torch op
+    lead = tuple(x.shape[:-1])
+    x2 = x.detach().reshape(-1, in_features).to(torch.float32).contiguous()
+    return x2.numpy(), lead
+
+
+def from_rows(y: np.ndarray, lead: tuple[int, ...]) -> torch.Tensor:
+    """Kernel output [T, out] -> tensor [*lead, out] (a view of y)."""
+    t = torch.from_numpy(y)
+    return t if len(lead) == 1 else t.reshape(*lead, y.shape[1])
+
+
+def to_numpy(t: torch.Tensor, dtype) -> np.ndarray:
+    """A contiguous numpy copy-or-view of a CPU tensor in ``dtype``."""
+    return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype, copy=False))
