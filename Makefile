@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser
 
-.PHONY: install run test test-fast bench browser clean
+.PHONY: install run test test-fast test-gpu bench browser clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test: install browser
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser"
+
+# On a machine with a CUDA GPU: the CUDA path agrees with the CPU (elsewhere these tests skip).
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
 
 bench: install
 	$(PY) -m lvq.bench

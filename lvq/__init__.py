@@ -22,6 +22,9 @@ from .qweight import Method, QuantizedWeight
 from .report import Report
 from .runs import list_runs, load_layer, load_report, load_run, read_run_info, save_run
 from .version import __version__
+from .hf import register as _register_with_transformers
+
+_register_with_transformers()  # so that AutoModelForCausalLM.from_pretrained(run_dir) works (lvq/hf.py)
 
 __all__ = [
     "AQLMConfig", "CRVQConfig", "CalibConfig", "Cancelled", "GLVQConfig", "GPTQConfig", "LvqError",

@@ -111,6 +111,21 @@ class CRVQWeight(QuantizedWeight):
         Wp = self.dequantize_permuted().to(device=x.device, dtype=x.dtype)
         return torch.nn.functional.linear(x, Wp, bias)
 
+    def train_forward(self):
+        """s ⊙ Σ_k C_k[b_k] with the codes unpacked once; codebooks and scales trainable; the
+        columns stay permuted (x is gathered)."""
+        codes = self.unpacked_codes()
+        perm = self.perm_index
+        K = len(codes)
+
+        def forward(x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+            if perm is not None:
+                x = x.index_select(-1, perm.to(x.device))
+            books = [t[f"codebook_{k}"].to(torch.float32) for k in range(K)]
+            Wp = t["scales"].to(torch.float32)[:, None] * decode_additive(books, codes, self.num_groups)
+            return torch.nn.functional.linear(x, Wp.to(x.dtype))
+        return forward
+
     def kernel(self):
         """Per token, each codebook's inner products with the input slices form a lookup table;
         the output is a gather-sum over the codes (lvq/kernels/additive.py)."""

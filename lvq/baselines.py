@@ -100,6 +100,16 @@ class RTNWeight(QuantizedWeight):
     def stats(self) -> dict[str, Any]:
         return {"bits": self.bits, "group_size": self.group_size}
 
+    def train_forward(self):
+        """Ŵ = (q − z)·s with the codes q unpacked once; z and s (per row and group) trainable."""
+        q = unpack(self.codes, self.bits, self.shape).to(torch.float32)
+        g = self._col_groups(q.device)
+
+        def forward(x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+            W = (q - t["zero"][:, g]) * t["scale"][:, g]
+            return torch.nn.functional.linear(x, W.to(x.dtype))
+        return forward
+
     def kernel(self):
         from . import kernels  # numba is heavy and only the CPU decoding path needs it
 

@@ -7,7 +7,8 @@ from typing import Iterator
 import torch
 
 
-def _prompt_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
+    """Token ids [1, P] of ``messages`` through the chat template (plain text for base models)."""
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)["input_ids"]
@@ -27,7 +28,7 @@ def chat_stream(model, tokenizer, messages: list[dict[str, str]], max_new_tokens
             return bool(stop is not None and stop.is_set())
 
     device = next(model.parameters()).device
-    ids = _prompt_ids(tokenizer, messages).to(device)
+    ids = prompt_ids(tokenizer, messages).to(device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     sample = temperature > 0
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

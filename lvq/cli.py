@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import sys
 import threading
@@ -23,6 +22,8 @@ from .jobs import EvalConfig, JobSpec, run_job
 from .methods import config_from_dict, get_method
 from .models import list_models, load_model
 from .runs import list_runs, load_run
+from .sweep import make_executor, plan_sweep, run_sweep
+from .talk import MAX_NEW_TOKENS, talk_metrics
 
 
 def _emit(args, data: Any, text: str) -> None:
@@ -170,38 +171,106 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    """Cartesian product of --bits and --set k=v1,v2 lists -> one run each under --out."""
+    """Cartesian product of --bits and --set k=v1,v2 lists -> one run each under --out, run by the
+    chosen executor (lvq/sweep.py); finished runs are skipped. Exit 1 when a job failed."""
     if not args.method:
         raise LvqError("give --method")
+    executor = make_executor(args.executor, args.address, args.cpus_per_job)
     grids: dict[str, list[Any]] = {}
     for kv in args.set or []:
         if "=" not in kv:
             raise LvqError(f"--set expects key=value[,value...], got {kv!r}")
         k, v = kv.split("=", 1)
         grids[k] = [_parse_value(x) for x in v.split(",")]
-    bits_list = args.bits or [None]
-    root = Path(args.out)
-    results = []
-    combos = list(itertools.product(bits_list, *grids.values()))
-    for combo in combos:
-        bits, *vals = combo
-        settings = [f"{k}={v}" for k, v in zip(grids, vals)]
-        cfg = build_config(args.method, args.preset, bits, args.group_size, settings)
-        name = "-".join([args.method] + ([f"b{bits:g}"] if bits is not None else [])
-                        + [f"{k}{v}" for k, v in zip(grids, vals)])
-        m = _run(args, cfg, root / name, eval_fp=not results)
-        results.append(m)
-        if not args.json:
-            print(_summary(m), flush=True)
-    if args.json:
-        print(json.dumps(results, indent=2, default=str))
-    return 0
+
+    def make_config(bits, point: dict[str, Any]):
+        return build_config(args.method, args.preset, bits, args.group_size,
+                            [f"{k}={v}" for k, v in point.items()])
+    try:
+        ev = EvalConfig(seqlen=args.seqlen, windows=args.eval_windows)
+    except ValueError as e:
+        raise LvqError(str(e)) from None
+    jobs = plan_sweep(args.method, make_config, model=args.model, root=args.out,
+                      bits=args.bits or [None], settings=grids, calib=_calib(args), eval=ev,
+                      name=args.sweep_name, overwrite=args.overwrite)
+    from tqdm import tqdm  # a third-party helper only the CLI needs
+
+    bar = tqdm(total=len(jobs), unit="job", file=sys.stderr, dynamic_ncols=True, desc="sweep")
+    last = [None]
+
+    def on_update(tally, outcome) -> None:
+        last[0] = tally
+        bar.n = tally.finished
+        bar.set_postfix_str(tally.text(), refresh=False)
+        bar.refresh()
+        if outcome is not None and outcome.status != "skipped":
+            bar.write(_outcome_line(outcome), file=sys.stderr)
+    try:
+        outcomes = run_sweep(jobs, executor, on_update)
+    except KeyboardInterrupt:
+        done = last[0].finished if last[0] else 0
+        raise Cancelled(f"interrupted: {done} of {len(jobs)} jobs finished and are kept; run the "
+                        "same command again to finish the others") from None
+    finally:
+        bar.close()
+    rows = [o.row() for o in outcomes]
+    _emit(args, rows, _sweep_table(rows, args.out))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _outcome_line(o) -> str:
+    if o.status == "failed":
+        return f"FAILED {o.name}: {o.error}"
+    ppl = o.metrics.get("ppl")
+    return (f"done {o.name}: {o.metrics.get('bits_per_weight', float('nan')):.3f} bits/weight, "
+            f"perplexity {'-' if ppl is None else f'{ppl:.2f}'}")
+
+
+def _sweep_table(rows: list[dict[str, Any]], root: str) -> str:
+    """The summary: one line per run, then every failure with its config."""
+    cols = ["run", "method", "bits_per_weight", "ppl", "status", "error"]
+
+    def cell(r, c) -> str:
+        v = r.get(c)
+        if isinstance(v, float):
+            return f"{v:.3f}" if c == "bits_per_weight" else f"{v:.2f}"
+        text = "" if v is None else str(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+    table = [cols] + [[cell(r, c) for c in cols] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table]
+    n = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    lines.append(f"{n['done']} done, {n['skipped']} skipped (already finished), {n['failed']} failed; "
+                 f"run table: python -m lvq runs {root}")
+    for r in rows:
+        if r["status"] == "failed":
+            lines.append(f"failed {r['run']}: {r['error']}\n  config: {json.dumps(r['config'])}")
+    return "\n".join(lines)
 
 
 def cmd_runs(args) -> int:
     df = list_runs(args.root)
     _emit(args, df.to_dict(orient="records"),
-          df.drop(columns=["config", "path"]).to_string(index=False) if len(df) else f"no runs under {args.root}")
+          df.drop(columns=["config", "path", "swept"]).to_string(index=False) if len(df)
+          else f"no runs under {args.root}")
+    return 0
+
+
+def cmd_talk(args) -> int:
+    """Greedy replies to the fixed prompts of lvq/talk.py, scored by the original model."""
+    reference, tok = load_model(args.reference)
+    if (Path(args.target) / "run.json").is_file():
+        model = load_run(args.target)[0]
+        metrics, replies = talk_metrics(model, reference, tok)
+    else:
+        metrics, replies = talk_metrics(reference, reference, tok)
+    data = {"target": args.target, "reference": args.reference, **metrics,
+            "replies": [{"prompt": r.prompt, "reply": r.text} for r in replies]}
+    lines = [f"> {r.prompt}\n{r.text}\n" for r in replies] if args.show else []
+    lines.append(f"{args.target}: perplexity of its replies under {args.reference} "
+                 f"{metrics['talk_ppl']:.2f}, degenerate replies {metrics['talk_degenerate']:.0%} "
+                 f"({len(replies)} prompts, greedy, up to {MAX_NEW_TOKENS} new tokens)")
+    _emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -269,7 +338,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="many settings -> many runs (the run table)")
     _add_quant_args(p)
     p.add_argument("--bits", type=float, nargs="+")
-    p.add_argument("--out", default="runs")
+    p.add_argument("--out", default="runs", help="the sweep's folder (on a cluster: a path every node shares)")
+    p.add_argument("--sweep-name", help="the name runs carry (default: model, method, swept settings)")
+    p.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
+                   help="inprocess: one job after another here; ray: one Ray task per job")
+    p.add_argument("--address", help="Ray cluster to join (host:port or ray://host:10001; "
+                                     "default: a local Ray instance on this machine)")
+    p.add_argument("--cpus-per-job", type=float, default=1.0, help="CPUs each Ray task declares")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("eval", help="perplexity of a run or a model on any text")
@@ -285,6 +360,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("root", nargs="?", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_runs)
+
+    p = sub.add_parser("talk", help="does it talk? greedy replies to fixed prompts, scored by the original")
+    p.add_argument("target", help="run folder (or a model name to score the model itself)")
+    p.add_argument("--reference", default="smollm2-135m", help="the original model that scores the replies")
+    p.add_argument("--show", action="store_true", help="print every prompt and reply")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_talk)
 
     p = sub.add_parser("chat", help="chat with a run or a model (streams tokens)")
     p.add_argument("target")

@@ -13,18 +13,54 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
+def _check_range(name: str, value: float, lo: float, hi: float, hint: str = "") -> None:
+    if not (lo <= value <= hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}{'. ' + hint if hint else ''}")
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConfigBase:
-    """Shared helpers for the method configs (each subclass is a frozen dataclass)."""
+    """What every method shares (keyword-only fields, after each method's own):
+
+    incoherence: quantize U W Vᵀ with seeded randomized Hadamard transforms U, V
+    (lvq/rotated_weight.py; ``rotation_seed`` picks them).
+    finetune: after each block, train its continuous parameters with the codes frozen to
+    reproduce the original block's outputs, up to ``finetune_steps`` passes at ``finetune_lr``
+    (lvq/finetune.py). e2e_steps > 0: afterwards, train the whole model's continuous parameters
+    to match the original model's next-token distribution (KL), ``e2e_steps`` optimizer steps at
+    ``e2e_lr``, with early stopping on held-out windows.
+    """
+
+    incoherence: bool = False
+    rotation_seed: int = 0
+    finetune: bool = False
+    finetune_steps: int = 50
+    finetune_lr: float = 1e-4
+    e2e_steps: int = 0
+    e2e_lr: float = 1e-5
 
     method: ClassVar[str] = ""
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    def __post_init__(self) -> None:
+        for name in ("rotation_seed", "finetune_steps", "e2e_steps"):
+            _check_int(name, getattr(self, name))
+        _check_range("finetune_steps", self.finetune_steps, 0, 100_000)
+        _check_range("finetune_lr", self.finetune_lr, 0.0, 1.0)
+        _check_range("e2e_steps", self.e2e_steps, 0, 1_000_000)
+        _check_range("e2e_lr", self.e2e_lr, 0.0, 1.0)
+
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d = dataclasses.asdict(self)
         return {"method": self.method, **d}
 
     def replace(self, **changes: Any):
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any):
@@ -34,16 +70,6 @@ class ConfigBase:
                 f"unknown preset {name!r} for {cls.method}; choose one of {sorted(cls.presets)}"
             )
         return cls(**{**cls.presets[name], **overrides})
-
-
-def _check_range(name: str, value: float, lo: float, hi: float, hint: str = "") -> None:
-    if not (lo <= value <= hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}{'. ' + hint if hint else ''}")
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,7 @@ class RTNConfig(ConfigBase):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"fast": {}, "quality": {}}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_int("bits", self.bits)
         _check_range("bits", self.bits, 1, 8, "RTN stores integer codes of 1 to 8 bits")
         _check_int("group_size", self.group_size)
@@ -79,6 +106,7 @@ class GPTQConfig(ConfigBase):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"fast": {}, "quality": {"act_order": True}}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_int("bits", self.bits)
         _check_range("bits", self.bits, 1, 8, "GPTQ stores integer codes of 1 to 8 bits")
         _check_int("group_size", self.group_size)
@@ -117,7 +145,7 @@ class CalibConfig:
 # GLVQ
 # ----------------------------------------------------------------------------------------------
 GLVQ_DIMS = (2, 4, 8, 16, 32)
-GLVQ_LATTICES = ("learned", "Z", "D", "E8")
+GLVQ_LATTICES = ("learned", "Z", "D", "E8", "E8P")
 GLVQ_DECODERS = ("babai", "nearest")
 GLVQ_FEEDBACK_UNITS = ("vector", "group")
 
@@ -166,12 +194,23 @@ class GLVQConfig(ConfigBase):
     damp: float = 0.01
 
     method: ClassVar[str] = "glvq"
+    # "paper": the method as the paper describes it (learned lattices, Babai rounding, companding,
+    # bit allocation) plus our error feedback. "fast" and "quality" use what measured best here
+    # (docs/algorithms.md, BENCHMARKS.md): incoherence processing, the E8P codebook with exact
+    # nearest-point encoding and per-slice error feedback, one scale per row and 512 columns;
+    # "quality" adds block and end-to-end fine-tuning.
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {"steps": 10},
-        "quality": {"steps": 100, "patience": 10},
+        "paper": {"steps": 30},
+        "fast": {"incoherence": True, "lattice": "E8P", "decoder": "nearest", "steps": 0,
+                 "companding": False, "bit_allocation": False, "group_size": 512},
+        "quality": {"incoherence": True, "lattice": "E8P", "decoder": "nearest", "steps": 0,
+                    "companding": False, "bit_allocation": False, "group_size": 512,
+                    "finetune": True, "finetune_steps": 8, "finetune_lr": 1e-4,
+                    "e2e_steps": 64, "e2e_lr": 1e-5},
     }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.bits, bool) or not isinstance(self.bits, (int, float)):
             raise ValueError(f"bits must be a number, got {self.bits!r}")
         _check_range("bits", float(self.bits), 1.0, 8.0, "GLVQ targets 1 to 8 bits per weight")
@@ -197,8 +236,8 @@ class GLVQConfig(ConfigBase):
                 "nearest-point decoding needs a standard lattice (lattice='Z', 'D' or 'E8'); "
                 "a learned lattice uses Babai rounding (decoder='babai')"
             )
-        if self.lattice == "E8" and self.dim != 8:
-            raise ValueError("the E8 lattice needs dim=8")
+        if self.lattice in ("E8", "E8P") and self.dim != 8:
+            raise ValueError(f"the {self.lattice} lattice needs dim=8")
         _check_int("steps", self.steps)
         _check_range("steps", self.steps, 0, 100_000)
         _check_range("lr", self.lr, 0.0, 1.0)
@@ -245,6 +284,7 @@ class AdditiveConfig(ConfigBase):
                                                "adam_steps", "kmeans_iters")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in self._int_fields:
             _check_int(name, getattr(self, name))
         if self.dim not in ADDITIVE_DIMS:
@@ -266,9 +306,8 @@ class CRVQConfig(AdditiveConfig):
     entries encode only the critical vector-groups (the first floor(critical_ratio * in / dim)
     after sorting by ``importance``). critical_ratio = 0 is AQLM with one codebook. reorder:
     "critical_first" moves only the critical channels to the front; "full" sorts every channel
-    (docs/algorithms.md says why the default differs). finetune: block fine-tuning after each
-    block (codes frozen), up to ``finetune_steps`` passes at ``finetune_lr``. Measured costs of
-    the presets are in BENCHMARKS.md.
+    (docs/algorithms.md says why the default differs). Measured costs of the presets are in
+    BENCHMARKS.md.
     """
 
     num_extended: int = 3
@@ -276,9 +315,6 @@ class CRVQConfig(AdditiveConfig):
     critical_ratio: float = 0.02
     importance: str = "residual"
     reorder: str = "critical_first"
-    finetune: bool = False
-    finetune_steps: int = 50
-    finetune_lr: float = 1e-4
 
     method: ClassVar[str] = "crvq"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -288,7 +324,7 @@ class CRVQConfig(AdditiveConfig):
                     "critical_ratio": 0.02, "beam_width": 1, "epochs": 10, "adam_steps": 50},
     }
     _int_fields: ClassVar[tuple[str, ...]] = AdditiveConfig._int_fields + (
-        "num_extended", "extended_bits", "finetune_steps")
+        "num_extended", "extended_bits")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -300,8 +336,6 @@ class CRVQConfig(AdditiveConfig):
             raise ValueError(f"importance must be one of {CRVQ_IMPORTANCE}, got {self.importance!r}")
         if self.reorder not in CRVQ_REORDER:
             raise ValueError(f"reorder must be one of {CRVQ_REORDER}, got {self.reorder!r}")
-        _check_range("finetune_steps", self.finetune_steps, 0, 100_000)
-        _check_range("finetune_lr", self.finetune_lr, 0.0, 1.0)
 
 
 @dataclass(frozen=True)

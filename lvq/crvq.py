@@ -256,7 +256,7 @@ def quantize_crvq(W: torch.Tensor, H: torch.Tensor | None, cfg: CRVQConfig) -> C
         codes += [_group_major_codes(a, g, out) for a in ext_codes]
     order = torch.argsort(-I, stable=True)
     importance_rank = torch.empty_like(order)
-    importance_rank[order] = torch.arange(n_in)
+    importance_rank[order] = torch.arange(n_in, device=order.device)
     extra = {"importance": I.tolist(), "importance_rank": importance_rank.tolist()}
     return _fit_and_pack(L, perm, books, codes, code_bits, cfg, "crvq", extra)
 

@@ -168,15 +168,36 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def bos_id(tokenizer) -> int | None:
+    """The start token a model expects before every sequence (Gemma's tokenizer adds one), or
+    None (SmolLM2 and most chat models: windows are plain text)."""
+    if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
+        return int(tokenizer.bos_token_id)
+    return None
+
+
+def text_windows(tokenizer, text: str, seqlen: int) -> torch.Tensor:
+    """Every non-overlapping window of ``text`` -> [n, seqlen] token ids; with a start token
+    (``bos_id``) each window is that token followed by seqlen − 1 text tokens."""
+    ids = tokenize(tokenizer, text)
+    bos = bos_id(tokenizer)
+    span = seqlen - (bos is not None)
+    n = ids.numel() // span
+    windows = ids[: n * span].view(n, span)
+    if bos is not None:
+        windows = torch.cat([torch.full((n, 1), bos, dtype=windows.dtype), windows], 1)
+    return windows
+
+
 def calibration_windows(tokenizer, text: str, n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """``n`` non-overlapping windows of ``seqlen`` tokens, chosen with ``seed`` -> [n, seqlen]."""
-    ids = tokenize(tokenizer, text)
-    slots = ids.numel() // seqlen
+    windows = text_windows(tokenizer, text, seqlen)
+    slots = windows.shape[0]
     if slots < n:
         raise LvqError(
             f"calibration text too short: {n} windows of {seqlen} tokens need {n * seqlen:,} tokens, "
-            f"the text has {ids.numel():,}; use fewer windows, shorter windows or more text"
+            f"the text has room for {slots} windows; use fewer windows, shorter windows or more text"
         )
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(slots, generator=g)[:n].sort().values
-    return ids[: slots * seqlen].view(slots, seqlen)[pick].clone()
+    return windows[pick].clone()

@@ -19,21 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .calibration import quantizable_linears
-from .data import tokenize
+from .data import text_windows, tokenize
 from .errors import LvqError
-from .methods import get_method
+from .methods import estimate_layer_bits
 from .qlinear import QuantizedLinear
 
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, seqlen: int = 512, max_windows: int | None = None,
                batch_size: int = 4, progress: Callable[[int, int, str], None] | None = None) -> float:
-    """exp(mean NLL) over non-overlapping windows of ``seqlen`` tokens of ``text``."""
-    ids = tokenize(tokenizer, text)
-    n = ids.numel() // seqlen
-    if n == 0:
-        raise LvqError(f"evaluation text too short: {ids.numel()} tokens, one window needs {seqlen}")
-    windows = ids[: n * seqlen].view(n, seqlen)
+    """exp(mean NLL) over non-overlapping windows of ``seqlen`` tokens of ``text`` (a window
+    starts with the model's start token when its tokenizer adds one: see data.text_windows)."""
+    check_seqlen(model, seqlen)
+    windows = text_windows(tokenizer, text, seqlen)
+    if windows.shape[0] == 0:
+        raise LvqError(f"evaluation text too short: {tokenize(tokenizer, text).numel()} tokens, "
+                       f"one window needs {seqlen}")
     if max_windows is not None:
         windows = windows[-max_windows:]
     device = next(model.parameters()).device
@@ -53,12 +54,23 @@ def perplexity(model, tokenizer, text: str, seqlen: int = 512, max_windows: int 
 
 def n_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = None) -> int:
     """How many windows :func:`perplexity` would use."""
-    n = tokenize(tokenizer, text).numel() // seqlen
+    n = text_windows(tokenizer, text, seqlen).shape[0]
     return n if max_windows is None else min(n, max_windows)
 
 
-def model_size(model: nn.Module) -> dict[str, float]:
-    """Storage in MB: quantized linears at their real bits, every other parameter at 16 bits.
+def check_seqlen(model, seqlen: int) -> None:
+    """Refuse windows longer than the model's context before any work is done."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if seqlen < 2:
+        raise LvqError(f"a window needs at least 2 tokens, got seqlen={seqlen}")
+    if context is not None and seqlen > context:
+        raise LvqError(f"seqlen={seqlen} is longer than the model's context of {context} tokens; "
+                       f"use --seqlen {min(context, 2048)} or less")
+
+
+def model_size(model: nn.Module, other_bits: int = 16) -> dict[str, float]:
+    """Storage in MB: quantized linears at their real bits, every other parameter at
+    ``other_bits`` (16: fp16/bf16 storage, the default of saved runs; 32: fp32).
 
     Returns bits_per_weight (over the quantized linears), model_mb, fp16_mb (the whole model at
     16 bits, the reference) and quantized_params.
@@ -81,7 +93,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
     total_params = other + q_params
     return {
         "bits_per_weight": q_bits / q_params if q_params else 16.0,
-        "model_mb": (q_bits + 16 * other) / 8 / 1e6,
+        "model_mb": (q_bits + other_bits * other) / 8 / 1e6,
         "fp16_mb": 16 * total_params / 8 / 1e6,
         "quantized_params": q_params,
     }
@@ -99,12 +111,9 @@ def estimate_size(model_or_config, cfg) -> dict[str, float]:
             model = AutoModelForCausalLM.from_config(model_or_config)
     else:
         model = model_or_config
-    method = get_method(cfg.method)
-    if method.estimate_bits is None:
-        raise ValueError(f"{cfg.method} has no size estimate")
     q_bits, q_params = 0.0, 0
     for _b, _name, mod in quantizable_linears(model):
-        q_bits += method.estimate_bits(mod.out_features, mod.in_features, cfg) * mod.out_features * mod.in_features
+        q_bits += estimate_layer_bits(mod.out_features, mod.in_features, cfg) * mod.out_features * mod.in_features
         q_params += mod.out_features * mod.in_features
     total = sum(p.numel() for p in model.parameters())
     other = total - q_params

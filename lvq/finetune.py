@@ -1,14 +1,22 @@
-"""Fine-tuning of a quantized block's continuous parameters, the codes frozen (engine code).
+"""Fine-tuning of a quantized model's continuous parameters, the codes frozen (engine code).
 
-After a decoder block's linears are quantized, its continuous parameters — each QuantizedLinear's
-trainable state tensors (``QuantizedWeight.trainable``: scales, zeros, lattice generators, μ,
-codebooks) and the block's norm weights — are trained so that the quantized block reproduces the
-original block's outputs on the calibration windows (AQLM §3.4; CRVQ applies it after each
-block). The codes never change. docs/algorithms.md ("Fine-tuning") has the reasoning.
+Continuous parameters: each QuantizedLinear's trainable state tensors (``QuantizedWeight.trainable``:
+scales, zeros, lattice generators, μ, codebooks) and the norm weights. The codes never change.
+
+* ``finetune_block``: after a decoder block's linears are quantized, train its parameters so
+  that the quantized block reproduces the original block's outputs on the calibration windows
+  (AQLM §3.4; CRVQ applies it after each block).
+* ``finetune_model``: after the last block, train all of them end to end so that the quantized
+  model's next-token distribution matches the original's (KL to the teacher's top-k
+  probabilities, computed before quantizing by ``teacher_targets``), as AQLM and QuIP# do.
+
+docs/algorithms.md ("Fine-tuning") has the reasoning and the measurements.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -32,12 +40,13 @@ def _norm_parameters(block: nn.Module) -> list[nn.Parameter]:
 
 
 def finetune_block(block: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
-                   block_kwargs: dict[str, Any], steps: int, lr: float,
+                   block_kwargs: dict[str, Any] | list[dict[str, Any]], steps: int, lr: float,
                    progress: Progress | None = None) -> dict[str, Any]:
     """Train the block's continuous parameters (codes frozen) to match ``targets``.
 
     block: a decoder layer whose linears are ``QuantizedLinear``; inputs/targets: lists of
-    [batch, seq, hidden] tensors (targets = the original block's outputs). Loss per window:
+    [batch, seq, hidden] tensors (targets = the original block's outputs); block_kwargs: the
+    block's call arguments, one dict per input batch (or one for all). Loss per window:
     ‖block(x) − y‖² / ‖y‖². The last ⌈n/8⌉ windows (at least one when n >= 2) are held out;
     training stops after ``steps`` passes over the rest or when the held-out loss has not
     improved for PATIENCE passes, and the best state (by held-out loss) is kept. Parameters are
@@ -51,25 +60,19 @@ def finetune_block(block: nn.Module, inputs: list[torch.Tensor], targets: list[t
     train_idx = list(range(len(inputs) - n_val))
     val_idx = list(range(len(inputs) - n_val, len(inputs))) or train_idx
 
-    trained: list[tuple[nn.Module, str, torch.dtype]] = []
-    for m in qlins:
-        for name in m.state_names:
-            if _is_trainable(name, m.weight_cls.trainable):
-                buf = getattr(m, name)
-                trained.append((m, name, buf.dtype))
-                setattr(m, name, buf.detach().to(torch.float32).requires_grad_(True))
-    norm_params = _norm_parameters(block)
-    grad_flags = {p: p.requires_grad for p in block.parameters()}
-    for p in block.parameters():
-        p.requires_grad_(False)
-    for p in norm_params:
-        p.requires_grad_(True)
-    params = [getattr(m, name) for m, name, _ in trained] + norm_params
+    kwargs = block_kwargs if isinstance(block_kwargs, list) else [block_kwargs] * len(inputs)
+    with _trainable(block) as params:
+        return _train_block(block, params, inputs, targets, kwargs, steps, lr, train_idx,
+                            val_idx, progress)
+
+
+def _train_block(block, params, inputs, targets, block_kwargs, steps, lr, train_idx, val_idx,
+                 progress) -> dict[str, Any]:
     opt = torch.optim.Adam(params, lr=lr)
 
     def window_loss(i: int) -> torch.Tensor:
         y = targets[i]
-        return ((run_block(block, inputs[i], block_kwargs) - y) ** 2).sum() / (y * y).sum().clamp_min(1e-30)
+        return ((run_block(block, inputs[i], block_kwargs[i]) - y) ** 2).sum() / (y * y).sum().clamp_min(1e-30)
 
     def val_loss() -> float:
         with torch.no_grad():
@@ -80,29 +83,153 @@ def finetune_block(block: nn.Module, inputs: list[torch.Tensor], targets: list[t
 
     before = best = val_loss()
     best_state, best_step, stale, done = snapshot(), 0, 0, 0
-    try:
+    for step in range(1, steps + 1):
+        for i in train_idx:
+            opt.zero_grad(set_to_none=True)
+            window_loss(i).backward()
+            opt.step()
+        done = step
+        cur = val_loss()
+        if progress is not None:
+            progress(step, steps, f"block fine-tuning: held-out loss {cur:.4g}")
+        if cur < best:
+            best, best_state, best_step, stale = cur, snapshot(), step, 0
+        else:
+            stale += 1
+            if stale >= PATIENCE:
+                break
+    with torch.no_grad():
+        for p, v in zip(params, best_state):
+            p.copy_(v)
+    return {"val_before": before, "val_after": best, "best_step": best_step, "steps_run": done}
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: the whole model's continuous parameters against the original's next-token
+# distribution
+# ----------------------------------------------------------------------------------------------
+TOPK = 64  # teacher probabilities kept per position
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """The original model's next-token distribution on calibration windows, top-k per position:
+    idx [n, T, k] int64 token ids, prob [n, T, k] float32 renormalised over the k."""
+
+    idx: torch.Tensor
+    prob: torch.Tensor
+
+
+@torch.no_grad()
+def teacher_targets(model: nn.Module, windows: torch.Tensor, k: int = TOPK,
+                    batch_size: int = 4) -> TeacherTargets:
+    """Top-k next-token probabilities of ``model`` on windows [n, T] (run before quantizing)."""
+    device = next(model.parameters()).device
+    idx, prob = [], []
+    for i in range(0, windows.shape[0], batch_size):
+        logits = model(windows[i:i + batch_size].to(device), use_cache=False).logits.float()
+        top = torch.topk(logits, k, dim=-1)
+        idx.append(top.indices.cpu())
+        prob.append(torch.softmax(top.values, dim=-1).cpu())
+    return TeacherTargets(torch.cat(idx), torch.cat(prob))
+
+
+def _kl_to_teacher(model: nn.Module, ids: torch.Tensor, idx: torch.Tensor,
+                   prob: torch.Tensor) -> torch.Tensor:
+    """Σ p (log p − log q) per position, averaged: the KL from the teacher's top-k distribution
+    p (renormalised) to the student's q at those tokens. ids [B, T]; idx, prob [B, T, k]."""
+    logq = torch.log_softmax(model(ids, use_cache=False).logits.float(), dim=-1).gather(-1, idx)
+    return (prob * (prob.clamp_min(1e-30).log() - logq)).sum(-1).mean()
+
+
+def finetune_model(model: nn.Module, windows: torch.Tensor, targets: TeacherTargets, steps: int,
+                   lr: float, progress: Progress | None = None, cancel=None,
+                   eval_every: int = 8) -> dict[str, Any]:
+    """Train every QuantizedLinear's trainable tensors and every norm weight of ``model`` (codes
+    and embeddings frozen) to minimise the KL to the original model's next-token distribution.
+
+    windows [n, T] token ids with their ``targets``; the last ⌈n/8⌉ windows (at least one when
+    n >= 2) are held out. ``steps`` Adam steps, one training window each (cycling); every
+    ``eval_every`` steps the held-out KL is measured, the best state is kept, and training stops
+    after PATIENCE evaluations without a gain. Returns {kl_before, kl_after, best_step,
+    steps_run, curve: [{step, heldout_kl}]}.
+    """
+    if steps <= 0 or windows.shape[0] == 0:
+        return {"steps": 0}
+    device = next(model.parameters()).device
+    n = windows.shape[0]
+    n_val = max(1, math.ceil(n / 8)) if n >= 2 else 0
+    train_idx = list(range(n - n_val)) or list(range(n))
+    val_idx = list(range(n - n_val, n)) or train_idx
+
+    def kl_of(i: int) -> torch.Tensor:
+        return _kl_to_teacher(model, windows[i:i + 1].to(device), targets.idx[i:i + 1].to(device),
+                              targets.prob[i:i + 1].to(device))
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return sum(float(kl_of(i)) for i in val_idx) / len(val_idx)
+
+    with _trainable(model) as params:
+        opt = torch.optim.Adam(params, lr=lr)
+        before = best = held_out()
+        curve = [{"step": 0, "heldout_kl": before}]
+        best_state, best_step, stale, done = [p.detach().clone() for p in params], 0, 0, 0
         for step in range(1, steps + 1):
-            for i in train_idx:
-                opt.zero_grad(set_to_none=True)
-                window_loss(i).backward()
-                opt.step()
+            if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+                break
+            opt.zero_grad(set_to_none=True)
+            kl_of(train_idx[(step - 1) % len(train_idx)]).backward()
+            opt.step()
             done = step
-            cur = val_loss()
+            if step % eval_every and step != steps:
+                continue
+            cur = held_out()
+            curve.append({"step": step, "heldout_kl": cur})
             if progress is not None:
-                progress(step, steps, f"block fine-tuning: held-out loss {cur:.4g}")
+                progress(step, steps, f"end-to-end fine-tuning: held-out KL {cur:.4g}")
             if cur < best:
-                best, best_state, best_step, stale = cur, snapshot(), step, 0
+                best, best_state, best_step, stale = cur, [p.detach().clone() for p in params], step, 0
             else:
                 stale += 1
                 if stale >= PATIENCE:
                     break
-    finally:
         with torch.no_grad():
             for p, v in zip(params, best_state):
                 p.copy_(v)
+    return {"kl_before": before, "kl_after": best, "best_step": best_step, "steps_run": done,
+            "curve": curve}
+
+
+@contextmanager
+def _trainable(root: nn.Module):
+    """Within the block: every QuantizedLinear trainable tensor under ``root`` becomes an fp32
+    tensor with gradients, every norm weight requires grad, all else is frozen; on exit the
+    tensors go back to their stored dtype (fp16) and the flags are restored. Yields the list of
+    trained tensors."""
+    trained: list[tuple[nn.Module, str, torch.dtype]] = []
+    qlins = [m for m in root.modules() if isinstance(m, QuantizedLinear)]
+    modes = [m.mode for m in qlins]
+    for m in qlins:
+        m.set_mode("train")  # gradients flow through the trainable tensors; codes decoded once
+        for name in m.state_names:
+            if _is_trainable(name, m.trainable):
+                buf = getattr(m, name)
+                trained.append((m, name, buf.dtype))
+                setattr(m, name, buf.detach().to(torch.float32).requires_grad_(True))
+    norm_params = _norm_parameters(root)
+    grad_flags = {p: p.requires_grad for p in root.parameters()}
+    for p in root.parameters():
+        p.requires_grad_(False)
+    for p in norm_params:
+        p.requires_grad_(True)
+    params = [getattr(m, name) for m, name, _ in trained] + norm_params
+    try:
+        yield params
+    finally:
         for (m, name, dtype), p in zip(trained, params):
             setattr(m, name, p.detach().to(dtype))
-            m.invalidate()
+        for m, mode in zip(qlins, modes):
+            m.set_mode(mode)
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
-    return {"val_before": before, "val_after": best, "best_step": best_step, "steps_run": done}

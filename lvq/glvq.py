@@ -123,8 +123,11 @@ def quantize_glvq(W: torch.Tensor, H: torch.Tensor | None, cfg: GLVQConfig) -> G
         if cfg.shared_companding:
             P.log_mu = [P_shared.log_mu[0]]
             err0 = [eval_group(grp, P, codec)]
-        _, curves = learn([grp], P, codec, cfg, learn_lattice=not cfg.shared_lattice,
-                          learn_mu=not cfg.shared_companding)
+        if cfg.steps:
+            _, curves = learn([grp], P, codec, cfg, learn_lattice=not cfg.shared_lattice,
+                              learn_mu=not cfg.shared_companding)
+        else:  # nothing to learn: G₀ and μ₀ as initialised (learn() would only re-score them)
+            curves = [[err0[0]]]
         curves_b.append(curves[0])
         # Round what is stored to fp16, re-encode with exactly those values, decode as storage does.
         lat16 = to_fp16(P.lattice[0])

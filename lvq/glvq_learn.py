@@ -26,6 +26,7 @@ from .glvq_weight import Codec, decode_group
 from .hessian import objective
 
 SCALE_SEARCH = (0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5)  # multiples of G₀ tried at init
+SCALE_SAMPLE = 8192  # vectors per group the nearest-point decoder's scale search scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,11 +165,25 @@ def unit_lattice(groups: list[Group], mus: list[torch.Tensor | None], codec: Cod
     return V.pow(2).mean().sqrt().clamp_min(1e-12).to(V.dtype)
 
 
+def _sample_rows(grp: Group, d: int) -> Group:
+    """The group on evenly spaced rows, at most SCALE_SAMPLE vectors of d (all when fewer)."""
+    out, n = grp.W.shape
+    keep = max(1, SCALE_SAMPLE * d // n)
+    if keep >= out:
+        return grp
+    rows = torch.linspace(0, out - 1, keep, device=grp.W.device).round().long()
+    return dataclasses.replace(grp, W=grp.W[rows], s=grp.s[rows], X=grp.X[rows])
+
+
 def best_scale(groups: list[Group], mus: list[torch.Tensor | None], L0: torch.Tensor,
-                codec: Codec) -> tuple[torch.Tensor, float]:
+               codec: Codec) -> tuple[torch.Tensor, float]:
     """Multiply G₀ by the factor in SCALE_SEARCH with the lowest summed objective. For speed the
-    search scores the joint encoding (slice-wise feedback left out, targets held at W_g)."""
+    search scores the joint encoding (slice-wise feedback left out, targets held at W_g), and
+    for a standard lattice's exact decoder (its search is the costly part) on at most
+    SCALE_SAMPLE vectors of each group."""
     groups = [dataclasses.replace(g, Ub=None) for g in groups]
+    if codec.decoder == "nearest":
+        groups = [_sample_rows(g, codec.d) for g in groups]
     best = (math.inf, L0)
     with torch.no_grad():
         for f in SCALE_SEARCH:

@@ -155,7 +155,7 @@ class GLVQWeight(QuantizedWeight):
         """Effective generator G_g [d, d] of group g (Δ_b·Ĝ; c·B for a standard lattice with the
         Babai decoder; for the nearest decoder, the scale times I)."""
         gen = self.group_generator(g)
-        return gen * torch.eye(self.dim) if gen.dim() == 0 else gen
+        return gen * torch.eye(self.dim, device=gen.device) if gen.dim() == 0 else gen
 
     def group_codes(self) -> list[torch.Tensor]:
         """Unsigned codes of every group, [out, n_g] int64 each."""
@@ -180,6 +180,34 @@ class GLVQWeight(QuantizedWeight):
             W[:, a:b] = decode_group(U, self.widths[g], self.group_generator(g), self.group_mu(g),
                                      scales[:, g:g + 1], codec)
         return W
+
+    def train_forward(self):
+        """Per group Ŵ_g = s_g · F⁻¹_μ(decode(U_g)) with the codes decoded once to the part that
+        does not depend on the trainable tensors: the offset codes z + ½ (Babai: G is trained)
+        or the unit lattice points (nearest decoder: its scale is trained); scales and μ too."""
+        codec, bounds = self.codec, self.bounds()
+        fixed = []
+        for g, U in enumerate(self.group_codes()):
+            b = self.widths[g]
+            V = U.reshape(-1, self.dim)
+            if codec.decoder == "nearest":
+                fixed.append(lat.nearest_decode(V, self.lattice, b, dtype=torch.float32))
+            else:
+                fixed.append((V - (1 << (b - 1))).to(torch.float32) + 0.5)
+        lat_name = "generators" if self.lattice == "learned" else "lattice_scale"
+
+        def forward(x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+            cols = []
+            for g, ((a, b), F0) in enumerate(zip(bounds, fixed)):
+                gen = codec.generator(t[lat_name][self.lattice_index[g]].to(torch.float32), self.widths[g])
+                Y = gen * F0 if codec.decoder == "nearest" else F0 @ gen.T
+                Y = Y.reshape(self.out_features, b - a)
+                mu = None if self.mu is None else t["mu"][self.mu_index[g]].to(torch.float32)
+                if mu is not None and bool(mu.detach() != 0):
+                    Y = expand(Y, mu)
+                cols.append(t["scales"][:, g:g + 1].to(torch.float32) * Y)
+            return torch.nn.functional.linear(x, torch.cat(cols, 1).to(x.dtype))
+        return forward
 
     def kernel(self):
         from . import kernels  # numba is heavy and only the CPU decoding path needs it

@@ -19,7 +19,8 @@ from .eval import perplexity
 from .models import load_model
 from .pipeline import QuantizeResult, quantize_model
 from .qlinear import set_inference_mode
-from .runs import save_run
+from .eval import model_size
+from .runs import STORE_DTYPES, round_unquantized, save_run
 
 Progress = Callable[[int, int, str], None]  # (step, total, message); total = 0: no step count
 
@@ -55,6 +56,11 @@ class JobSpec:
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     overwrite: bool = False
+    store_dtype: str = "fp16"
+
+    def __post_init__(self) -> None:
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
     sweep: dict[str, Any] | None = None
 
 
@@ -101,6 +107,8 @@ def run_job(spec: JobSpec, progress: Progress | None = None, cancel=None, *,
     result = quantize_model(model, tok, spec.method, calib=spec.calib, progress=progress,
                             cancel=cancel)
     result.model_name = spec.model
+    round_unquantized(model, spec.store_dtype)  # what is saved is what gets evaluated
+    result.metrics.update(model_size(model, other_bits=STORE_DTYPES[spec.store_dtype].itemsize * 8))
     if ev.windows:
         say(0, 0, "perplexity of the quantized model…")
         set_inference_mode(model, "dense")  # long windows: decode each layer once, not per batch
@@ -112,5 +120,6 @@ def run_job(spec: JobSpec, progress: Progress | None = None, cancel=None, *,
     if spec.sweep is not None:
         metrics["sweep"] = spec.sweep
     say(0, 0, f"saving to {out}…")
-    save_run(result, out, metrics=metrics, overwrite=spec.overwrite)
+    save_run(result, out, metrics=metrics, overwrite=spec.overwrite, dtype=spec.store_dtype)
+    metrics["file_mb"] = (out / "model.safetensors").stat().st_size / 1e6
     return JobResult(run_dir=out, metrics={**result.metrics, **metrics}, result=result)

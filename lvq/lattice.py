@@ -21,6 +21,8 @@ a box in R^d and makes the box-constrained nearest point exact and cheap:
 * ``Z``:  points ``z + ½``, z in the b-bit range (a uniform scalar quantizer).
 * ``D``:  points ``z + ½`` with z in the b-bit range and ``Σ z`` even. The code stores the d
   coordinates at b bits each; one bit per vector is redundant (the parity), and is not reused.
+* ``E8P``: at 2 bits the 2^16-point E8 codebook of lvq/e8p.py (a near-spherical set instead of
+  a box; lower error on Gaussian data), at other widths the ``E8`` code below.
 * ``E8``: ``E8 = D8 ∪ (D8 + ½·1)``; points ``y + c·½·1 + ¼·1`` with y in the b-bit range,
   ``Σ y`` even and a coset bit c. The coset bit replaces the least significant bit of the last
   coordinate (that bit is implied by the parity), so E8 costs exactly 8·b bits per vector and
@@ -38,7 +40,9 @@ from __future__ import annotations
 
 import torch
 
-LATTICE_KINDS = ("Z", "D", "E8")
+from . import e8p
+
+LATTICE_KINDS = ("Z", "D", "E8", "E8P")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,7 +106,7 @@ def standard_generator(kind: str, d: int, dtype=torch.float32, device=None) -> t
         M[0, 0], M[0, 1] = -1.0, -1.0
         for i in range(1, d):
             M[i, i - 1], M[i, i] = 1.0, -1.0
-    elif kind == "E8":
+    elif kind in ("E8", "E8P"):  # E8P: the E8 codebook of lvq/e8p.py (same lattice units)
         if d != 8:
             raise ValueError("E8 is 8-dimensional")
         M = torch.zeros(8, 8, dtype=torch.float64)
@@ -233,6 +237,8 @@ def nearest_encode(X: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
         u = (y + off).to(torch.int64)
         last = (u[..., 7] & ~1) | coset[..., 0].to(torch.int64)  # coset bit replaces the LSB
         return torch.cat([u[..., :7], last.unsqueeze(-1)], dim=-1)
+    if kind == "E8P":  # the spherical codebook at 2 bits, the box-truncated E8 code otherwise
+        return e8p.encode(X) if bits == 2 else nearest_encode(X, "E8", bits)
     raise ValueError(f"unknown standard lattice {kind!r}; choose one of {LATTICE_KINDS}")
 
 
@@ -249,6 +255,8 @@ def nearest_decode(U: torch.Tensor, kind: str, bits: int, dtype=torch.float32) -
         p = torch.remainder(y7.sum(-1) + high, 2)  # the LSB that makes Σy even
         y = torch.cat([y7, (high + p).unsqueeze(-1)], dim=-1).to(dtype)
         return y + 0.5 * coset.unsqueeze(-1).to(dtype) + 0.25
+    if kind == "E8P":
+        return e8p.decode(U, dtype=dtype) if bits == 2 else nearest_decode(U, "E8", bits, dtype)
     raise ValueError(f"unknown standard lattice {kind!r}; choose one of {LATTICE_KINDS}")
 
 

@@ -15,8 +15,14 @@ import torch
 from . import baselines, crvq, glvq
 from .errors import LvqError
 from .qweight import Method, QuantizedWeight
+from .rotated_weight import RotatedWeight, quantize_rotated, rotation_bits
 
 _REGISTRY: dict[str, Method] = {m.name: m for m in (*baselines.METHODS, *glvq.METHODS, *crvq.METHODS)}
+# Stored forms by class name (as saved runs name them): every method's, and the rotated wrapper.
+WEIGHT_CLASSES: dict[str, type[QuantizedWeight]] = {
+    **{m.weight_cls.__name__: m.weight_cls for m in _REGISTRY.values()},
+    RotatedWeight.__name__: RotatedWeight,
+}
 
 # Settings that older lvq versions wrote into run.json and that no longer exist (they had no
 # effect); reading an old run drops them instead of refusing it.
@@ -52,10 +58,30 @@ def config_from_dict(d: dict[str, Any]):
     return cls(**d)
 
 
+def weight_class(name: str) -> type[QuantizedWeight]:
+    """The stored-form class a saved run names (LvqError for one this lvq does not know)."""
+    if name not in WEIGHT_CLASSES:
+        raise LvqError(f"unknown stored form {name!r}; this lvq reads {', '.join(WEIGHT_CLASSES)}")
+    return WEIGHT_CLASSES[name]
+
+
 def quantize_layer(W: torch.Tensor, H: torch.Tensor | None, cfg) -> QuantizedWeight:
-    """Quantize one weight matrix W [out, in] given H = XᵀX/n [in, in] (None = identity, plain MSE)."""
+    """Quantize one weight matrix W [out, in] given H = XᵀX/n [in, in] (None = identity, plain
+    MSE), with incoherence processing around the method when ``cfg.incoherence``."""
     if W.dim() != 2:
         raise ValueError(f"W must be a 2-D [out, in] matrix, got shape {tuple(W.shape)}")
     if H is not None and tuple(H.shape) != (W.shape[1], W.shape[1]):
         raise ValueError(f"H must be [in, in] = [{W.shape[1]}, {W.shape[1]}], got {tuple(H.shape)}")
-    return get_method(cfg.method).quantize(W, H, cfg)
+    quantize = get_method(cfg.method).quantize
+    return quantize_rotated(W, H, cfg, quantize) if cfg.incoherence else quantize(W, H, cfg)
+
+
+def estimate_layer_bits(out_features: int, in_features: int, cfg) -> float:
+    """Bits per weight ``quantize_layer`` would store for an [out, in] layer, from shapes alone."""
+    method = get_method(cfg.method)
+    if method.estimate_bits is None:
+        raise ValueError(f"{cfg.method} has no size estimate")
+    bits = method.estimate_bits(out_features, in_features, cfg)
+    if cfg.incoherence:
+        bits += rotation_bits(out_features, in_features) / (out_features * in_features)
+    return bits

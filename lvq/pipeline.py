@@ -8,6 +8,8 @@ For each decoder block, in order:
      ``quantize_layer(W, H, cfg)`` and swap it for a QuantizedLinear;
   3. optionally fine-tune the block's continuous parameters, codes frozen (lvq/finetune.py);
   4. pass the calibration activations through the *quantized* block to feed the next one.
+After the last block, optionally fine-tune the whole model end to end against the original's
+next-token distribution (computed on the calibration windows before the first block changes).
 Only one block's activations live at a time. ``progress(step, total, message)`` is called after
 every linear; ``cancel`` (a threading.Event or a callable) is checked between linears and raises
 :class:`Cancelled`, leaving the caller to discard the half-quantized model.
@@ -28,8 +30,8 @@ from .calibration import (capture_block_inputs, decoder_blocks, linear_stages, q
 from .config import CalibConfig
 from .data import calibration_text, calibration_windows
 from .errors import Cancelled
-from .eval import model_size
-from .finetune import finetune_block
+from .eval import check_seqlen, model_size
+from .finetune import finetune_block, finetune_model, teacher_targets
 from .hessian import relative_error
 from .methods import quantize_layer
 from .qlinear import QuantizedLinear
@@ -65,6 +67,20 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @contextmanager
+def _one_thread():
+    """Run the quantizer of one layer on one CPU thread: its many small reductions and
+    factorisations then add in the same order whatever the machine's thread count, so the
+    rounding decisions (and the saved codes) do not depend on it. The calibration passes, whose
+    large matrix products gave identical results on 1 and 2 threads, keep every thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@contextmanager
 def _decode_once(block: nn.Module):
     """Within the block, each QuantizedLinear decodes its weight once and keeps the dense copy
     (calibration passes run many batches through the same weights); the copies are dropped on
@@ -96,6 +112,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
     peak = _rss_mb()
     progress = progress or (lambda step, total, msg: None)
 
+    check_seqlen(model, calib.seqlen)
     text = calibration_text(calib.corpus)
     windows = calibration_windows(tokenizer, text, calib.n_windows, calib.seqlen, calib.seed)
     model.eval()
@@ -109,11 +126,16 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
     try:
         if dev != home:
             model.to(dev)
+        teacher = None
+        if cfg.e2e_steps:
+            progress(0, total, "the original model's next-token distribution (for end-to-end fine-tuning)")
+            teacher = teacher_targets(model, windows, batch_size=calib.batch_size)
         progress(0, total, f"capturing inputs of block 1/{len(blocks)}")
         inputs = capture_block_inputs(model, windows, calib.batch_size, dev)
         if dev != home:
             model.to(home)
         for b, block in enumerate(blocks):
+            inputs.kwargs = inputs.block_kwargs[b]  # this block's own mask and RoPE (Gemma-3, Qwen2)
             block.to(dev)
             stages = linear_stages(block, inputs.hidden[0], inputs.kwargs[0])
             targets = None
@@ -130,7 +152,8 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                     lin = block.get_submodule(name)
                     W = lin.weight.detach().to(torch.float32)
                     tl = time.perf_counter()
-                    qw = quantize_layer(W, H, cfg)
+                    with _one_thread():
+                        qw = quantize_layer(W, H, cfg)
                     dt = time.perf_counter() - tl
                     W_hat = qw.dequantize()
                     scalars, tables = split_stats(qw.stats())
@@ -152,7 +175,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                     progress(step, total, f"block {b + 1}/{len(blocks)} · {name}")
                 del H
             if targets is not None:
-                metrics = finetune_block(block, inputs.hidden, targets, inputs.kwargs[0],
+                metrics = finetune_block(block, inputs.hidden, targets, inputs.kwargs,
                                          cfg.finetune_steps, cfg.finetune_lr, progress)
                 for r in layer_rows:
                     if r["block"] == b:
@@ -161,13 +184,23 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                 inputs.hidden = [run_block(block, hs, kw) for hs, kw in zip(inputs.hidden, inputs.kwargs)]
             block.to(home)
             peak = max(peak, _rss_mb())
+        e2e = {}
+        if teacher is not None:
+            del inputs
+            model.to(dev)
+            e2e = finetune_model(model, windows, teacher, cfg.e2e_steps, cfg.e2e_lr, progress, cancel)
+            model.to(home)
+            if _is_cancelled(cancel):
+                raise Cancelled("cancelled during end-to-end fine-tuning")
+            table_rows["e2e_curve"] = e2e.pop("curve", [])
+            peak = max(peak, _rss_mb())
     finally:
         if was_cache is not None:
             model.config.use_cache = was_cache
     elapsed = time.perf_counter() - t0
     size = model_size(model)
     metrics = {**size, "quant_time_s": elapsed, "peak_rss_mb": peak,
-               "n_quantized_layers": len(layer_rows)}
+               "n_quantized_layers": len(layer_rows), **{f"e2e_{k}": v for k, v in e2e.items()}}
     return QuantizeResult(model=model, tokenizer=tokenizer, config=cfg, calib=calib,
                           report=Report.from_records(layer_rows, table_rows), metrics=metrics,
                           model_name=str(getattr(model.config, "lvq_source", "")))

@@ -11,7 +11,9 @@ module's ``mode``:
   inputs on other devices decode Ŵ for that call and drop it afterwards.
 * ``"dense"`` — decode Ŵ once and keep it (fp32 in the activations' dtype: as much memory as the
   original layer; the calibration passes use it, one block at a time).
-* ``"decode"`` — decode Ŵ at every call (differentiable; what fine-tuning trains through).
+* ``"decode"`` — decode Ŵ at every call (differentiable).
+* ``"train"`` — fine-tuning: the codes are decoded once and each call rebuilds Ŵ from the
+  trainable state tensors only (``QuantizedWeight.train_forward``), differentiably.
 
 Any forward with gradients enabled decodes (the kernels have no autograd). ``invalidate()``
 drops the derived forms after the stored tensors changed (fine-tuning does this).
@@ -26,7 +28,7 @@ from torch import nn
 
 from .qweight import QuantizedWeight
 
-MODES = ("packed", "dense", "decode")
+MODES = ("packed", "dense", "decode", "train")
 # Token count up to which "packed" uses the kernel; above it a call decodes Ŵ (prefill).
 KERNEL_MAX_TOKENS = 16
 
@@ -38,6 +40,7 @@ class QuantizedLinear(nn.Module):
         tensors, meta = qweight.state()
         self.weight_cls = type(qweight)
         self.method = qweight.method
+        self.trainable = tuple(qweight.trainable)  # state names (or prefixes) fine-tuning may train
         self.meta: dict[str, Any] = meta
         self.out_features, self.in_features = qweight.shape
         self.state_names = list(tensors)
@@ -70,6 +73,7 @@ class QuantizedLinear(nn.Module):
         self._dense: torch.Tensor | None = None
         self._kernel: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._no_kernel = False
+        self._train: Callable[..., torch.Tensor] | None = None
 
     def _apply(self, fn, recurse=True):  # moving the module invalidates what was derived
         self.invalidate()
@@ -87,6 +91,12 @@ class QuantizedLinear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "train":
+            if self._train is None:
+                self._train = self.qweight().train_forward()
+            tensors = {n: getattr(self, n) for n in self.state_names}
+            y = self._train(x, tensors)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         if self.mode == "dense":
             if self._dense is None or self._dense.dtype != x.dtype or self._dense.device != x.device:
                 self._dense = self.qweight().dequantize().to(device=x.device, dtype=x.dtype)

@@ -76,6 +76,18 @@ class QuantizedWeight(ABC):
         W = self.dequantize().to(device=x.device, dtype=x.dtype)
         return F.linear(x, W, bias)
 
+    def train_forward(self) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
+        """f(x [..., in], tensors) -> x Ŵᵀ, differentiable in ``tensors`` (the trainable state
+        tensors by name: scales, generators, codebooks...), with everything that depends only on
+        the frozen codes decoded once, here (fine-tuning calls f at every step). Default: the
+        whole decode at every call."""
+        state, meta = self.state()
+        cls = type(self)
+
+        def forward(x: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+            return F.linear(x, cls.from_state({**state, **tensors}, meta).dequantize().to(x.dtype))
+        return forward
+
     def kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """f(x [..., in]) -> x Ŵᵀ [..., out] float32 computed from the codes without decoding Ŵ
         (CPU, no autograd; prepared once from the stored form: call this once and keep the

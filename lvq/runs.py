@@ -31,7 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
-from .methods import get_method
+from .hf import hf_quantization_config
+from .methods import get_method, weight_class
 from .qlinear import QuantizedLinear, set_inference_mode
 from .report import Report
 from .version import __version__
@@ -68,13 +69,46 @@ def _json_safe(x: Any) -> Any:
     return str(x)
 
 
+STORE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Every quantized linear also stores a one-byte "<name>.weight". transformers without lvq imported
+# ignores the unknown quantization method and would build plain linears with random weights; the
+# one-element "weight" makes it stop with a size-mismatch error instead. lvq skips these guards.
+GUARD = "weight"
+
+
+def _unquantized_tensors(model) -> dict[str, torch.Tensor]:
+    """The model's saved tensors that are not a QuantizedLinear's stored form (embeddings, norms,
+    lm_head, biases), by state-dict name."""
+    quantized = {f"{name}.{n}" for name, mod in model.named_modules() if isinstance(mod, QuantizedLinear)
+                 for n in mod.state_names}
+    return {k: t for k, t in model.state_dict(keep_vars=True).items() if k not in quantized}
+
+
+@torch.no_grad()
+def round_unquantized(model, dtype: str = "fp16") -> None:
+    """Round the model's unquantized float tensors, in place, to the values ``dtype`` stores (they
+    keep their own dtype in memory): evaluate after this and the saved run reloads exactly."""
+    if dtype not in STORE_DTYPES:
+        raise LvqError(f"unknown storage dtype {dtype!r}; use one of {', '.join(STORE_DTYPES)}")
+    for t in _unquantized_tensors(model).values():
+        if t.is_floating_point() and t.dtype != STORE_DTYPES[dtype]:
+            t.copy_(t.to(STORE_DTYPES[dtype]).to(t.dtype))
+
+
 def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
-             overwrite: bool = False) -> Path:
-    """Write ``result`` (a QuantizeResult) to ``run_dir`` atomically. Returns the folder."""
+             overwrite: bool = False, dtype: str = "fp16") -> Path:
+    """Write ``result`` (a QuantizeResult) to ``run_dir`` atomically. Returns the folder.
+
+    The quantized linears are stored as they are; every other float tensor (embeddings, norms,
+    lm_head) in ``dtype`` ("fp16" by default, "bf16" or "fp32"), after rounding the model in
+    memory to those values (``round_unquantized``) so that the run reloads exactly.
+    """
     run_dir = Path(run_dir)
     if run_dir.exists() and not overwrite:
         raise LvqError(f"{run_dir} already exists; choose another name or pass overwrite=True")
     model, tok = result.model, result.tokenizer
+    round_unquantized(model, dtype)
+    unquantized = set(_unquantized_tensors(model))
     layers: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
     skip: set[str] = set()
@@ -92,7 +126,12 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
             continue
         if key is not None:
             seen[key] = name
-        tensors[name] = t.detach().cpu().contiguous()
+        t = t.detach().cpu()
+        if name in unquantized and t.is_floating_point():
+            t = t.to(STORE_DTYPES[dtype])
+        tensors[name] = t.contiguous()
+    for name in layers:  # see GUARD: transformers without lvq refuses the folder on these
+        tensors[f"{name}.{GUARD}"] = torch.zeros(1, dtype=torch.uint8)
     info = {
         "format": FORMAT, "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -102,6 +141,7 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
         "versions": _versions(),
         "metrics": {**result.metrics, **(metrics or {})},
         "tied": sorted(skip),
+        "storage": {"unquantized_dtype": dtype},
         "layers": layers,
     }
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +151,7 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
         info["files"] = {"model.safetensors": {"bytes": (tmp / "model.safetensors").stat().st_size,
                                                "sha256": _sha256(tmp / "model.safetensors")}}
         config = model.config.to_dict()
-        config.pop("quantization_config", None)
+        config["quantization_config"] = hf_quantization_config(model, result.config.to_dict())
         (tmp / "config.json").write_text(json.dumps(_json_safe(config), indent=2))
         tok.save_pretrained(tmp)
         result.report.save(tmp / "report")
@@ -165,8 +205,9 @@ def _check_files(run_dir: Path, info: dict[str, Any], verify_hash: bool) -> None
             raise LvqError(f"{run_dir}/{fname} is corrupt (checksum mismatch)")
 
 
-def _weight_cls(method: str):
-    return get_method(method).weight_cls
+def _weight_cls(entry: dict[str, Any]):
+    """A saved layer's stored-form class (runs before the rotated form named only the method)."""
+    return weight_class(entry["weight_cls"]) if "weight_cls" in entry else get_method(entry["method"]).weight_cls
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None, verify_hash: bool = True,
@@ -186,11 +227,14 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise LvqError(f"{run_dir}/model.safetensors cannot be read ({e})") from None
     config = AutoConfig.from_pretrained(str(run_dir))
+    if hasattr(config, "quantization_config"):  # lvq builds the quantized linears itself, below
+        delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # buffers such as RoPE's
     quantized_keys: set[str] = set()
     for name, entry in info["layers"].items():
-        cls = _weight_cls(entry["method"])
+        cls = _weight_cls(entry)
         keys = [f"{name}.{n}" for n in entry["state_names"]] + ([f"{name}.bias"] if entry["bias"] else [])
+        tensors.pop(f"{name}.{GUARD}", None)
         try:
             st = {n: tensors.pop(f"{name}.{n}") for n in entry["state_names"]}
             bias = tensors.pop(f"{name}.bias") if entry["bias"] else None
@@ -239,13 +283,14 @@ def load_layer(run_dir: str | Path, layer: str):
     entry = names[full]
     with safe_open(str(run_dir / "model.safetensors"), framework="pt") as f:
         st = {n: f.get_tensor(f"{full}.{n}") for n in entry["state_names"]}
-    return _weight_cls(entry["method"]).from_state(st, entry["meta"])
+    return _weight_cls(entry).from_state(st, entry["meta"])
 
 
 # The metrics schema of a saved run (run.json "metrics"): name -> meaning.
 METRICS: dict[str, str] = {
     "bits_per_weight": "stored bits of the quantized linears / their weights (all overhead counted)",
-    "model_mb": "model size in MB: quantized linears at their real bits, other tensors at 16 bits",
+    "model_mb": "model size in MB: quantized linears at their real bits, other tensors at the run's storage dtype",
+    "file_mb": "size of the run's weight file (model.safetensors) in MB",
     "fp16_mb": "the same model with every tensor at 16 bits (the reference size)",
     "quantized_params": "weights in the quantized linears",
     "n_quantized_layers": "number of quantized linears",
@@ -265,7 +310,7 @@ METRICS: dict[str, str] = {
 # The run table: one row per run; the metric columns are METRICS entries (eval_seqlen and
 # eval_windows appear as seqlen and windows, the benchmark table's names; sweep is the sweep's
 # name ("" for a single run) and swept its grid point as JSON ({setting: value}, "{}" if none).
-RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
+RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", "file_mb", "ppl", "ppl_fp",
                "seqlen", "windows", "eval_corpus", "quant_time_s", "peak_rss_mb", "created", "config",
                "sweep", "swept"]
 
@@ -286,7 +331,9 @@ def list_runs(root: str | Path) -> pd.DataFrame:
         cfg = dict(info["method"])
         rows.append({"run": d.name, "path": str(d), "model": info["model"].get("source", ""),
                      "method": cfg.pop("method"), "bits_per_weight": m.get("bits_per_weight"),
-                     "model_mb": m.get("model_mb"), "ppl": m.get("ppl"), "ppl_fp": m.get("ppl_fp"),
+                     "model_mb": m.get("model_mb"),
+                     "file_mb": info.get("files", {}).get("model.safetensors", {}).get("bytes", 0) / 1e6 or None,
+                     "ppl": m.get("ppl"), "ppl_fp": m.get("ppl_fp"),
                      "seqlen": m.get("eval_seqlen"), "windows": m.get("eval_windows"),
                      "eval_corpus": m.get("eval_corpus"),
                      "quant_time_s": m.get("quant_time_s"), "peak_rss_mb": m.get("peak_rss_mb"),

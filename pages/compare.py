@@ -13,6 +13,8 @@ FP_METHODS = ("fp", "fp16", "fp32", "bf16", "none")
 TABLE_COLUMNS = ["source", "label", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
                  "seqlen", "windows", "quant_time_s", "peak_rss_mb"]
 SOURCES = ["benchmark table", "my runs"]
+SWEEP_COLUMNS = ["sweep", "swept"]  # a run's sweep name and grid point (JSON); empty otherwise
+GROUPS = ["method", "sweep"]
 
 
 def combined_table(bench: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -27,11 +29,12 @@ def combined_table(bench: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         r["source"] = "run"
         parts.append(r)
     if not parts:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
-    df = pd.concat([p.reindex(columns=TABLE_COLUMNS) for p in parts], ignore_index=True)
+        return pd.DataFrame(columns=TABLE_COLUMNS + SWEEP_COLUMNS)
+    df = pd.concat([p.reindex(columns=TABLE_COLUMNS + SWEEP_COLUMNS) for p in parts], ignore_index=True)
     for c in TABLE_COLUMNS[3:]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["method"] = df["method"].astype(str)
+    df[SWEEP_COLUMNS] = df[SWEEP_COLUMNS].fillna("").astype(str)
     return df
 
 
@@ -44,14 +47,16 @@ def fp_reference(df: pd.DataFrame) -> float | None:
     return float(vals.median()) if len(vals) else None
 
 
-def view(sources: list[str], x: str, log_y: bool):
-    """(figure, table, csv path) for the chosen sources and axis."""
+def view(sources: list[str], x: str, log_y: bool, group_by: str = "method"):
+    """(figure, table, csv path) for the chosen sources and axis; group_by "sweep" draws each
+    sweep as one line (benchmark rows and single runs as grey markers)."""
     bench = runtable.load_bench() if "benchmark table" in sources else pd.DataFrame()
     runs = runtable.list_runs() if "my runs" in sources else pd.DataFrame()
     df = combined_table(bench, runs)
     ref = fp_reference(df) if len(df) else None
     points = df[~df["method"].str.lower().isin(FP_METHODS)] if len(df) else df
-    fig = figures.compare_figure(points, x=x, ppl_fp=ref, log_y=log_y)
+    fig = (figures.sweep_figure(points, x=x, ppl_fp=ref, log_y=log_y) if group_by == "sweep"
+           else figures.compare_figure(points, x=x, ppl_fp=ref, log_y=log_y))
     shown = df.copy()
     if len(shown):
         num = shown.select_dtypes(include=[np.number]).columns
@@ -71,12 +76,14 @@ def build() -> Page:
         x = gr.Radio([("bits per weight", "bits_per_weight"), ("model size (MB)", "model_mb")],
                      value="bits_per_weight", label="Size axis")
         log_y = gr.Checkbox(value=True, label="log perplexity axis")
+        group_by = gr.Dropdown(GROUPS, value="method", label="group runs by",
+                               info="sweep: one line per `lvq sweep`, in the order of its setting")
         refresh = gr.Button("↻ Refresh", size="sm")
     plot = gr.Plot(label="Perplexity vs size", elem_id="compare-plot")
     table = gr.Dataframe(interactive=False, label="All runs (click a header to sort)", wrap=True)
     download = gr.DownloadButton("Download CSV", size="sm")
-    inputs, outs = [sources, x, log_y], [plot, table, download]
-    gr.on([sources.change, x.change, log_y.change, refresh.click], view, inputs, outs,
+    inputs, outs = [sources, x, log_y, group_by], [plot, table, download]
+    gr.on([sources.change, x.change, log_y.change, group_by.change, refresh.click], view, inputs, outs,
           api_name="compare")
     return Page(refresh=view, outputs=outs, refresh_inputs=inputs,
-                load=lambda: view(SOURCES, "bits_per_weight", True), load_outputs=outs)
+                load=lambda: view(SOURCES, "bits_per_weight", True, "method"), load_outputs=outs)

@@ -5,6 +5,8 @@ hand-made table. Column names follow the run report (see ``lvq.qweight`` and ``l
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -311,6 +313,71 @@ def compare_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float |
                            y=float(np.log10(ppl_fp)) if log_y else ppl_fp, text=f"fp32 {ppl_fp:.2f}")
     titles = {"bits_per_weight": "bits per weight (all overhead counted)", "model_mb": "model size (MB)"}
     fig.update_layout(**{**_LAYOUT, "height": 480}, title="Perplexity vs size (lower-left is better)",
+                      xaxis_title=titles.get(x, x), yaxis_title="perplexity",
+                      yaxis_type="log" if log_y else "linear")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Compare, grouped by sweep (runs carry "sweep" = name and "swept" = JSON {setting: value})
+# ----------------------------------------------------------------------------------------------
+def _swept_key(v) -> tuple:
+    """Sort key for swept values: numbers by value, then anything else by its text."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, json.dumps(v))
+
+
+def sweep_series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One (label, rows) line per sweep in ``df`` (columns ``sweep``, ``swept``; rows without a
+    sweep are left out), its points sorted by the sweep's first setting that varies. With several
+    varying settings, one line per value of the others, labelled ``name · k=v, ...``."""
+    if df.empty or "sweep" not in df:
+        return []
+    d = df[df["sweep"].fillna("").astype(str) != ""]
+    out = []
+    for name, g in d.groupby(d["sweep"].astype(str), sort=True):
+        points = [json.loads(s) if isinstance(s, str) and s else {} for s in g.get("swept", [""] * len(g))]
+        keys = list(dict.fromkeys(k for p in points for k in p))
+        varying = [k for k in keys if len({json.dumps(p.get(k)) for p in points}) > 1]
+        along, split = (varying[0], varying[1:]) if varying else (None, [])
+        g = g.assign(_along=[_swept_key(p.get(along)) for p in points],
+                     _split=[json.dumps([p.get(k) for k in split]) for p in points])
+        parts = sorted(g.groupby("_split", sort=False),
+                       key=lambda kv: [_swept_key(v) for v in json.loads(kv[0])])
+        for part, rows in parts:
+            label = name if not split else name + " · " + ", ".join(
+                f"{k}={v}" for k, v in zip(split, json.loads(part)))
+            out.append((label, rows.sort_values("_along").drop(columns=["_along", "_split"])))
+    return out
+
+
+def sweep_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float | None = None,
+                 log_y: bool = True) -> go.Figure:
+    """Perplexity against size with each sweep as one line through its points (in the order of
+    the swept setting); runs outside any sweep as grey markers; the fp reference."""
+    d = df.dropna(subset=[x, "ppl"]) if not df.empty else df
+    if d.empty:
+        return empty_figure("no runs with a perplexity yet: run `python -m lvq sweep ...`")
+    fig = go.Figure()
+    lone = d[d["sweep"].fillna("").astype(str) == ""] if "sweep" in d else d
+    if len(lone):
+        labels = lone["label"].astype(str) if "label" in lone else lone.index.astype(str)
+        fig.add_trace(go.Scatter(x=lone[x], y=lone["ppl"], mode="markers", name="not in a sweep",
+                                 marker=dict(size=8, color="#bbbbbb"), text=labels,
+                                 hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>ppl %{y:.2f}<extra></extra>"))
+    for label, rows in sweep_series(d):
+        text = [f"{r}<br>{s}" for r, s in zip(rows.get("label", rows.index).astype(str), rows["swept"])]
+        fig.add_trace(go.Scatter(x=rows[x], y=rows["ppl"], mode="lines+markers", name=label, text=text,
+                                 marker=dict(size=9),
+                                 hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>ppl %{y:.2f}<extra></extra>"))
+    if ppl_fp is not None and np.isfinite(ppl_fp):
+        fig.add_hline(y=ppl_fp, line=dict(color="#444", dash="dot"))
+        # On a log axis an annotation's y is log10(y) (as in compare_figure).
+        fig.add_annotation(x=1, xref="paper", xanchor="right", yanchor="top", showarrow=False,
+                           y=float(np.log10(ppl_fp)) if log_y else ppl_fp, text=f"fp32 {ppl_fp:.2f}")
+    titles = {"bits_per_weight": "bits per weight (all overhead counted)", "model_mb": "model size (MB)"}
+    fig.update_layout(**{**_LAYOUT, "height": 480}, title="Perplexity vs size, one line per sweep",
                       xaxis_title=titles.get(x, x), yaxis_title="perplexity",
                       yaxis_type="log" if log_y else "linear")
     return fig

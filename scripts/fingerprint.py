@@ -4,7 +4,7 @@
     python scripts/fingerprint.py --check fp.json          # exit 1 if any layer differs
 
 Quantizes the first ``--blocks`` decoder blocks of the bundled model (the rest are dropped) with
-the GLVQ and CRVQ fast presets on one thread, and records, per quantized linear, a sha256 of its
+GLVQ (learned lattices, 10 steps) and the CRVQ fast preset on one thread, and records, per quantized linear, a sha256 of its
 decoded weight and of its stored tensors. One thread: the float summation order, and so the
 codes, do not depend on the machine's core count.
 """
@@ -27,7 +27,7 @@ def _digest(t: torch.Tensor) -> str:
 def fingerprint(blocks: int, windows: int) -> dict[str, dict[str, str]]:
     torch.set_num_threads(1)
     out: dict[str, dict[str, str]] = {}
-    for cfg in (lvq.GLVQConfig.preset("fast", bits=2.0), lvq.CRVQConfig.preset("fast")):
+    for cfg in (lvq.GLVQConfig(bits=2.0, steps=10), lvq.CRVQConfig.preset("fast")):
         model, tok = lvq.load_model("smollm2-135m", device="cpu")
         model.model.layers = model.model.layers[:blocks]
         model.config.num_hidden_layers = blocks

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lvq.bench.__main__ import markdown_table
+from lvq.bench.table import aggregate, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README_START, README_END = "<!-- bench:model -->", "<!-- /bench:model -->"
-COLUMNS = ["label", "method", "bits_per_weight", "ppl", "quant_time_s", "peak_rss_mb"]
+COLUMNS = ["label", "method", "n", "bits_per_weight", "ppl", "talk_ppl", "talk_degenerate",
+           "quant_time_s", "peak_rss_mb"]
 
 
 def with_readme_table(readme: str, model: pd.DataFrame) -> str:
@@ -25,7 +26,8 @@ def with_readme_table(readme: str, model: pd.DataFrame) -> str:
     i, j = readme.find(README_START), readme.find(README_END)
     if i < 0 or j < i:
         return readme
-    df = model.sort_values("bits_per_weight", kind="stable")[[c for c in COLUMNS if c in model.columns]]
+    df = aggregate(model).sort_values("bits_per_weight", kind="stable")
+    df = df[[c for c in COLUMNS if c in df.columns]]
     return readme[:i + len(README_START)] + "\n" + markdown_table(df) + "\n" + readme[j:]
 
 

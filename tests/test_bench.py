@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from lvq.bench.__main__ import markdown_table
+from lvq.bench.table import markdown_table
 from scripts.update_readme import README_END, README_START, with_readme_table
 
 
@@ -76,3 +76,18 @@ def test_sweep_layer_table_one_column_per_setting_and_a_geomean_row(monkeypatch)
     assert "groups λ0%" not in df  # λ = 0 has no critical groups to count
     assert (df[["crvq-l0", "crvq-l1-m1", "crvq-l5-m2"]][:2] > 0).all().all()
     assert df["crvq-l0"].iloc[2] == pytest.approx(math.sqrt(df["crvq-l0"].iloc[0] * df["crvq-l0"].iloc[1]))
+
+
+def test_aggregate_reports_median_and_range_over_seeds():
+    from lvq.bench.table import aggregate, medians
+
+    df = pd.DataFrame({"label": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "method": ["glvq"] * 3 + ["rtn"],
+                       "bits_per_weight": [2.05] * 3 + [2.27], "ppl": [80.0, 95.0, 87.0, 9e5],
+                       "talk_ppl": [3.0, 4.0, 5.0, 90.0], "talk_degenerate": [0.0, 0.0, 0.0625, 1.0],
+                       "quant_time_s": [100.0, 120.0, 110.0, 50.0], "config": ["{}"] * 4, "section": "model"})
+    agg = aggregate(df)
+    assert list(agg["label"]) == ["a", "b"] and list(agg["n"]) == [3, 1]
+    assert agg["ppl"].iloc[0] == "87 [80 – 95]" and agg["ppl"].iloc[1] == "9e+05"
+    assert agg["talk_degenerate"].iloc[0] == "0 [0 – 0.0625]"
+    med = medians(df)
+    assert med.set_index("label").loc["a", "ppl"] == 87.0 and med.set_index("label").loc["a", "ppl_max"] == 95.0

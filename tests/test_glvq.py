@@ -96,9 +96,10 @@ def test_ablation_switches_run():
               full.replace(companding=False), full.replace(bit_allocation=False),
               full.replace(feedback_unit="group"), full.replace(identity_companding=False),
               full.replace(lattice="E8", decoder="nearest"), full.replace(lattice="D", decoder="babai"),
-              full.replace(lattice="Z", decoder="nearest")):
-        q = quantize_glvq(W, H, c)
-        t, _ = q.state()
+              full.replace(lattice="Z", decoder="nearest"), full.replace(lattice="E8P", decoder="nearest"),
+              full.replace(lattice="E8P", decoder="nearest", incoherence=True)):
+        q = quantize_layer(W, H, c)
+        t, _ = (q.inner if c.incoherence else q).state()
         if c.shared_lattice:
             assert t["generators"].shape == (1, 8, 8)
         if c.shared_companding:

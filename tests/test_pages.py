@@ -104,7 +104,7 @@ def test_preset_costs_come_from_the_bench_table():
     bench = pd.DataFrame({"label": ["a", "b", "fp"], "method": ["glvq", "glvq", "fp"],
                           "bits_per_weight": [2.148, 2.148, 16], "ppl": [319.0, 500.0, 25.5],
                           "quant_time_s": [366.0, 10.0, 0.0],
-                          "config": [json.dumps(fast.to_dict()), json.dumps(fast.replace(dim=4).to_dict()), "{}"]})
+                          "config": [json.dumps(fast.to_dict()), json.dumps(fast.replace(group_size=256).to_dict()), "{}"]})
     rows = runtable.preset_rows(bench)
     assert list(rows["label"]) == ["a"] and list(rows["preset"]) == ["fast"]
     text = quantize.presets_markdown(rows)

@@ -76,6 +76,8 @@ TINY_CONFIGS = [
     lvq.RTNConfig(bits=2, group_size=16), lvq.GPTQConfig(bits=3, group_size=32),
     lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=1),
     lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0, lattice="E8", decoder="nearest"),
+    lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0, lattice="E8P", decoder="nearest",
+                   bit_allocation=False, companding=False, incoherence=True),
     lvq.AQLMConfig(dim=4, codebook_bits=5, num_codebooks=2, epochs=1, adam_steps=2, kmeans_iters=2),
     lvq.CRVQConfig(dim=8, codebook_bits=4, num_extended=2, extended_bits=3, critical_ratio=0.1,
                    epochs=1, adam_steps=2, kmeans_iters=2),
@@ -148,3 +150,24 @@ def test_crvq_block_finetuning_is_recorded_per_layer(tiny, tiny_corpus):
     assert (rep["finetune_val_after"] <= rep["finetune_val_before"]).all()  # the best state is kept
     assert rep.groupby("block")["finetune_val_before"].nunique().eq(1).all()  # one figure per block
     assert set(rep["finetune_steps_run"]) <= {1, 2, 3}
+
+
+@pytest.mark.parametrize("cfg", TINY_CONFIGS + [lvq.GLVQConfig(bits=2.0, group_size=32, steps=1, incoherence=True),
+                                               lvq.GLVQConfig(bits=2.5, group_size=32, steps=0)],
+                         ids=lambda c: c.method)
+def test_train_mode_equals_decode_and_has_gradients(cfg):
+    """Fine-tuning's path (codes decoded once, trainable tensors applied per call) computes the
+    same product as the full decode, and its gradients reach every trainable tensor."""
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(24, 64, generator=g)
+    qw = lvq.quantize_layer(W, None, cfg)
+    lin = lvq.QuantizedLinear(qw, mode="train")
+    x = torch.randn(3, 64, generator=g)
+    assert torch.allclose(lin(x), F.linear(x, qw.dequantize()), atol=1e-4)
+    from lvq.finetune import _is_trainable
+    names = [n for n in lin.state_names if _is_trainable(n, lin.trainable)]
+    assert names
+    for n in names:
+        setattr(lin, n, getattr(lin, n).float().requires_grad_(True))
+    lin(x).square().sum().backward()
+    assert any(getattr(lin, n).grad is not None and getattr(lin, n).grad.abs().sum() > 0 for n in names)

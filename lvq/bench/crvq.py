@@ -3,12 +3,10 @@ configs. Nothing runs at import.
 
 * ``gaussian_table``: MSE per weight on i.i.d. N(0, 1) weights (H = I) beside the distortion-rate
   bound D(R) = 2^(−2R).
-* ``model_configs``: AQLM and CRVQ pairs at about equal bits per weight (within 0.05 on the bundled
-  SmolLM2-135M, every stored bit counted), near 1.1 and near 2.1 bpw.
 * ``sweep_configs``: the paper's Figure 4 grid, λ ∈ {0, 1%, 2%, 5%} × m ∈ {1, 2, 3} at e = 8.
 
-Effort (epochs, Adam steps, k-means iterations) of the model runs is ``MODEL_EFFORT``: between the
-"fast" and "quality" presets (their measured costs are in BENCHMARKS.md).
+``MODEL_EFFORT`` (epochs, Adam steps, k-means iterations) is the effort of the earlier model table
+("before" in BENCHMARKS.md), which the sweep's caveat compares against.
 Note that on the bundled model (in_features 576 and 1536) λ = 1% and 2% give the same single
 critical group on the 576-wide layers (⌊λ·576/8⌋ rounds up to 1; see lvq.crvq).
 """
@@ -21,11 +19,8 @@ import pandas as pd
 import torch
 
 from ..config import AQLMConfig, CRVQConfig
-from ..crvq import critical_group_count, estimate_bits, quantize_aqlm, quantize_crvq
+from ..crvq import critical_group_count, quantize_aqlm, quantize_crvq
 from ..hessian import relative_error
-
-# SmolLM2-135M linears per block: (out, in, count): q/o, k/v, gate/up, down.
-SMOLLM2_SHAPES = ((576, 576, 2), (192, 576, 2), (1536, 576, 2), (576, 1536, 1))
 
 MODEL_EFFORT = {"epochs": 4, "adam_steps": 30, "kmeans_iters": 15}
 SWEEP_EFFORT = {"epochs": 3, "adam_steps": 20, "kmeans_iters": 10}
@@ -76,41 +71,6 @@ def gaussian_table(n: int = 4096, seed: int = 0, rows: int | None = None) -> pd.
             "gap_db": 10 * math.log10(mse / bound), "time_s": time.perf_counter() - t0,
         })
     return pd.DataFrame(out)
-
-
-def model_bits(cfg, shapes=SMOLLM2_SHAPES) -> float:
-    """Average bits per weight of cfg over the bundled model's linears (from shapes alone)."""
-    total = sum(estimate_bits(o, i, cfg) * o * i * c for o, i, c in shapes)
-    return total / sum(o * i * c for o, i, c in shapes)
-
-
-def model_configs() -> list[tuple[str, object]]:
-    """AQLM (λ = 0) and CRVQ at about equal bits on the bundled model (all overhead counted):
-
-    ~1.1 bpw: AQLM 1x8 d8 (1.088) vs CRVQ e8 + 1 extended 6-bit codebook, λ 2% (1.130);
-    ~2.1 bpw: AQLM 1x8 d4 (2.056) vs CRVQ d4 e8 + 1 extended 6-bit, λ 2% (2.101),
-              AQLM 2x8 d8 (2.153) vs CRVQ d4 e8 + 3 extended 6-bit, λ 2% (2.162).
-    (The paper's m = 3, e = 8 setting costs 1.34 bpw here: four 256 x 8 fp16 codebooks are 0.25
-    bpw on this model's small layers.)
-    """
-    e = MODEL_EFFORT
-    return [
-        ("aqlm-1x8-d8", AQLMConfig(dim=8, codebook_bits=8, **e)),
-        ("crvq-d8-m1e6", CRVQConfig(dim=8, codebook_bits=8, num_extended=1, extended_bits=6,
-                                    critical_ratio=0.02, **e)),
-        ("aqlm-1x8-d4", AQLMConfig(dim=4, codebook_bits=8, **e)),
-        ("crvq-d4-m1e6", CRVQConfig(dim=4, codebook_bits=8, num_extended=1, extended_bits=6,
-                                    critical_ratio=0.02, **e)),
-        ("aqlm-2x8-d8", AQLMConfig(dim=8, codebook_bits=8, num_codebooks=2, **e)),
-        ("crvq-d4-m3e6", CRVQConfig(dim=4, codebook_bits=8, num_extended=3, extended_bits=6,
-                                    critical_ratio=0.02, **e)),
-        # The paper's block fine-tuning (codes frozen) on the ~1.1 bpw entry, and the quality preset.
-        # 10 passes, not the default 50, to keep the CPU benchmark affordable.
-        ("crvq-d8-m1e6 + block fine-tuning (10 passes)",
-         CRVQConfig(dim=8, codebook_bits=8, num_extended=1, extended_bits=6, critical_ratio=0.02,
-                    finetune=True, finetune_steps=10, **e)),
-        ("CRVQ quality preset (d8 e8 m3 λ2%)", CRVQConfig.preset("quality")),
-    ]
 
 
 def sweep_configs() -> list[tuple[str, CRVQConfig]]:

@@ -1,0 +1,87 @@
+"""Decode benchmark: how fast a quantized model talks on this CPU, beside the original.
+
+    python -m lvq.bench --sections decode        # all targets, one fresh process each
+    python -m lvq.bench.decode TARGET [--json]   # one target: a run folder or a model name
+
+Per target, in its own process (so resident memory is that model's alone), with torch on 2
+threads: greedy decoding of ``NEW_TOKENS`` tokens at batch 1 with the KV cache (tokens/s over
+the decoding steps, the prompt's prefill excluded; median of ``REPEATS``), prefill of one
+``PREFILL`` -token window (tokens/s), and the process's resident memory after both. A saved run
+loads as ``lvq.load_run`` gives it (``packed`` on CPU: the decode-free kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from ..data import eval_text, text_windows
+from ..models import load_model
+from ..runs import load_run
+
+NEW_TOKENS = 128
+PREFILL = 512
+REPEATS = 3
+THREADS = 2
+PROMPT = "Explain in a few sentences what a lattice is."
+
+
+def _generate_seconds(model, ids: torch.Tensor, new: int, pad: int) -> float:
+    t = time.perf_counter()
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                   do_sample=False, pad_token_id=pad)
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def measure(target: str) -> dict:
+    """tokens/s of decoding and prefill, and resident memory, for one run folder or model."""
+    torch.set_num_threads(THREADS)
+    rss0 = psutil.Process().memory_info().rss
+    if (Path(target) / "run.json").is_file():
+        model, tok, _ = load_run(target, device="cpu")
+        mode = next((m.mode for m in model.modules() if hasattr(m, "mode")), "")
+    else:
+        model, tok = load_model(target, device="cpu")
+        mode = "fp32"
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    pad = tok.pad_token_id or tok.eos_token_id
+    _generate_seconds(model, ids, 8, pad)  # warm-up (kernel compilation, allocator)
+    rates = []
+    for _ in range(REPEATS):
+        first = _generate_seconds(model, ids, 1, pad)
+        total = _generate_seconds(model, ids, NEW_TOKENS + 1, pad)
+        rates.append(NEW_TOKENS / max(total - first, 1e-9))
+    window = text_windows(tok, eval_text("wiki-bundled"), PREFILL)[-1:]
+    model(window, use_cache=False)  # warm-up of the long-input path
+    t = time.perf_counter()
+    model(window, use_cache=False)
+    prefill = PREFILL / (time.perf_counter() - t)
+    return {"target": target, "mode": mode, "decode_tok_s": statistics.median(rates),
+            "decode_runs": rates, "prefill_tok_s": prefill,
+            "rss_mb": psutil.Process().memory_info().rss / 2**20,
+            "model_rss_mb": (psutil.Process().memory_info().rss - rss0) / 2**20,
+            "threads": THREADS, "new_tokens": NEW_TOKENS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lvq.bench.decode")
+    ap.add_argument("target")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    r = measure(args.target)
+    print(json.dumps(r) if args.json else
+          f"{r['target']} ({r['mode']}): decode {r['decode_tok_s']:.1f} tok/s, prefill "
+          f"{r['prefill_tok_s']:.0f} tok/s, resident memory {r['rss_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

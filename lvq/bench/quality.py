@@ -1,0 +1,72 @@
+"""The entries that answer "does a 2-bit model still talk?": headline rows, each lever switched
+on and off, and the calibration-size curve (configs only; nothing runs at import).
+
+Every entry runs with several calibration seeds (``SEEDS``), and the tables report the median
+with its [min – max] range: a difference between two settings is only read as a finding when it
+is larger than the spread of either. RTN never looks at calibration data, so it runs once.
+"""
+from __future__ import annotations
+
+from ..config import AQLMConfig, CRVQConfig, GLVQConfig, GPTQConfig, RTNConfig
+
+SEEDS = (0, 1, 2)
+ONCE = (0,)
+Entry = tuple[str, object, tuple[int, ...]]
+
+
+def glvq_fast(bits: float = 2.0, **kw) -> GLVQConfig:
+    return GLVQConfig.preset("fast", bits=bits, **kw)
+
+
+def glvq_quality(bits: float = 2.0, **kw) -> GLVQConfig:
+    return GLVQConfig.preset("quality", bits=bits, **kw)
+
+
+def headline() -> list[Entry]:
+    """The model table: the baselines, GLVQ as the paper describes it, and each method's presets."""
+    return [
+        ("RTN 2-bit g128", RTNConfig(bits=2, group_size=128), ONCE),
+        ("RTN 3-bit g128", RTNConfig(bits=3, group_size=128), ONCE),
+        ("RTN 4-bit g128", RTNConfig(bits=4, group_size=128), ONCE),
+        ("GPTQ 2-bit g128", GPTQConfig(bits=2, group_size=128), SEEDS),
+        ("GPTQ 3-bit g128", GPTQConfig(bits=3, group_size=128), SEEDS),
+        ("GLVQ-8D 2 bpw (paper)", GLVQConfig.preset("paper", bits=2.0), SEEDS),
+        ("GLVQ 2 bpw (fast)", glvq_fast(2.0), SEEDS),
+        ("GLVQ 2 bpw (quality)", glvq_quality(2.0), SEEDS),
+        ("GLVQ 3 bpw (fast)", glvq_fast(3.0), SEEDS),
+        ("GLVQ 3 bpw (quality)", glvq_quality(3.0), SEEDS),
+        ("CRVQ (fast)", CRVQConfig.preset("fast"), SEEDS),
+        ("CRVQ (quality)", CRVQConfig.preset("quality"), SEEDS),
+        ("AQLM 2x8 d8 (quality)", AQLMConfig.preset("quality", num_codebooks=2), SEEDS),
+    ]
+
+
+def levers() -> list[Entry]:
+    """Each lever of the 2 bpw quality settings switched off, for GLVQ, CRVQ and GPTQ."""
+    g = glvq_quality(2.0)
+    c = CRVQConfig.preset("quality")
+    q = GPTQConfig(bits=2, group_size=128, incoherence=True, finetune=True, finetune_steps=g.finetune_steps,
+                   finetune_lr=g.finetune_lr, e2e_steps=g.e2e_steps, e2e_lr=g.e2e_lr)
+    return [
+        ("GLVQ quality", g, SEEDS),
+        ("GLVQ quality − end-to-end fine-tuning", g.replace(e2e_steps=0), SEEDS),
+        ("GLVQ quality − block fine-tuning", g.replace(finetune=False), SEEDS),
+        ("GLVQ quality − incoherence", g.replace(incoherence=False), SEEDS),
+        ("GLVQ quality − E8P (E8 box code)", g.replace(lattice="E8"), SEEDS),
+        ("CRVQ quality", c, SEEDS),
+        ("CRVQ quality − fine-tuning", c.replace(finetune=False, e2e_steps=0), SEEDS),
+        ("CRVQ quality − incoherence", c.replace(incoherence=False), SEEDS),
+        ("GPTQ 2-bit + all levers", q, SEEDS),
+        ("GPTQ 2-bit + all levers − fine-tuning", q.replace(finetune=False, e2e_steps=0), SEEDS),
+        ("GPTQ 2-bit + all levers − incoherence", q.replace(incoherence=False), SEEDS),
+    ]
+
+
+CALIB_TOKENS = (16_384, 65_536, 262_144)
+
+
+def calibration_curve() -> list[tuple[str, object, int]]:
+    """(label, config, calibration windows of 512 tokens) for the perplexity-vs-calibration-size
+    curve of the GLVQ fast preset."""
+    return [(f"GLVQ 2 bpw (fast), {t // 1024}k calibration tokens", glvq_fast(2.0), t // 512)
+            for t in CALIB_TOKENS]
