@@ -28,7 +28,8 @@ class ConfigBase:
     """What every method shares (keyword-only fields, after each method's own):
 
     incoherence: quantize U W Vᵀ with seeded randomized Hadamard transforms U, V
-    (lvq/rotated_weight.py; ``rotation_seed`` picks them).
+    (lvq/rotated_weight.py; ``rotation_seed`` picks them); train_rotation: keep their sign
+    vectors as fp16 scales that fine-tuning trains (16 instead of 1 bit per entry).
     finetune: after each block, train its continuous parameters with the codes frozen to
     reproduce the original block's outputs, up to ``finetune_steps`` passes at ``finetune_lr``
     (lvq/finetune.py). e2e_steps > 0: afterwards, train the whole model's continuous parameters
@@ -38,6 +39,7 @@ class ConfigBase:
 
     incoherence: bool = False
     rotation_seed: int = 0
+    train_rotation: bool = False
     finetune: bool = False
     finetune_steps: int = 50
     finetune_lr: float = 1e-4
@@ -198,15 +200,15 @@ class GLVQConfig(ConfigBase):
     # bit allocation) plus our error feedback. "fast" and "quality" use what measured best here
     # (docs/algorithms.md, BENCHMARKS.md): incoherence processing, the E8P codebook with exact
     # nearest-point encoding and per-slice error feedback, one scale per row and 512 columns;
-    # "quality" adds block and end-to-end fine-tuning.
+    # "quality" adds end-to-end fine-tuning of the continuous parameters (block fine-tuning
+    # gained too little for its time here; docs/algorithms.md, "Fine-tuning").
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"steps": 30},
         "fast": {"incoherence": True, "lattice": "E8P", "decoder": "nearest", "steps": 0,
                  "companding": False, "bit_allocation": False, "group_size": 512},
         "quality": {"incoherence": True, "lattice": "E8P", "decoder": "nearest", "steps": 0,
                     "companding": False, "bit_allocation": False, "group_size": 512,
-                    "finetune": True, "finetune_steps": 8, "finetune_lr": 1e-4,
-                    "e2e_steps": 64, "e2e_lr": 1e-5},
+                    "e2e_steps": 128, "e2e_lr": 3e-4},
     }
 
     def __post_init__(self) -> None:
@@ -320,8 +322,11 @@ class CRVQConfig(AdditiveConfig):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fast": {"dim": 8, "codebook_bits": 6, "extended_bits": 6, "num_extended": 3,
                  "critical_ratio": 0.02, "epochs": 2, "adam_steps": 20, "kmeans_iters": 10},
-        "quality": {"dim": 8, "codebook_bits": 8, "extended_bits": 8, "num_extended": 3,
-                    "critical_ratio": 0.02, "beam_width": 1, "epochs": 10, "adam_steps": 50},
+        # about 1.1 bits per weight: one 8-bit codebook on 8-vectors, one 6-bit extended codebook
+        # on the 2 % critical channels, incoherence and end-to-end fine-tuning as GLVQ's quality
+        "quality": {"dim": 8, "codebook_bits": 8, "extended_bits": 6, "num_extended": 1,
+                    "critical_ratio": 0.02, "beam_width": 1, "epochs": 4, "adam_steps": 30,
+                    "kmeans_iters": 15, "incoherence": True, "e2e_steps": 128, "e2e_lr": 3e-4},
     }
     _int_fields: ClassVar[tuple[str, ...]] = AdditiveConfig._int_fields + (
         "num_extended", "extended_bits")

@@ -13,6 +13,7 @@ issue this answers asks that a plain ``import lvq`` be enough).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -76,6 +77,9 @@ class LvqHfQuantizer(HfQuantizer):
             parent, _, leaf = name.rpartition(".")
             with torch.device("cpu"):
                 setattr(model.get_submodule(parent) if parent else model, leaf, _empty_quantized_linear(entry))
+        # each quantized linear's one-byte "weight" guard (lvq/runs.py GUARD) is expected here
+        guards = {re.escape(f"{name}.weight") + "$" for name in self.quantization_config.layers}
+        model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):

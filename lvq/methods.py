@@ -83,5 +83,5 @@ def estimate_layer_bits(out_features: int, in_features: int, cfg) -> float:
         raise ValueError(f"{cfg.method} has no size estimate")
     bits = method.estimate_bits(out_features, in_features, cfg)
     if cfg.incoherence:
-        bits += rotation_bits(out_features, in_features) / (out_features * in_features)
+        bits += rotation_bits(out_features, in_features, cfg.train_rotation) / (out_features * in_features)
     return bits

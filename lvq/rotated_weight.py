@@ -9,7 +9,9 @@ The layer objective is unchanged, tr(W H Wᵀ) = tr(W' H' W'ᵀ), but outlier ro
 are spread over all entries of W' (close to i.i.d. Gaussian), which is what lattice codebooks and
 scalar grids quantize best. U and V are stored as their sign vectors (one bit per entry, counted
 in ``bits_per_weight``) plus the transform's construction; they are applied on the fly, never as
-dense matrices. docs/algorithms.md ("Incoherence processing") has the measurements.
+dense matrices. With ``train_rotation`` the sign vectors are kept as fp16 scales that
+fine-tuning may train (as QuIP# does; 16 bits per entry, counted). docs/algorithms.md
+("Incoherence processing") has the measurements.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .rotation import RHT, rotate_hessian, rotate_weight, unrotate_weight
 
 INNER_CLASSES: dict[str, type[QuantizedWeight]] = {c.__name__: c for c in (RTNWeight, GLVQWeight, CRVQWeight)}
 _PREFIX = ("rot_out_", "rot_in_")
+_SCALES = tuple(p + "scales" for p in _PREFIX)  # the sign vectors kept as trainable fp16 scales
 
 
 def rotations(out_features: int, in_features: int, seed: int) -> tuple[RHT, RHT]:
@@ -44,11 +47,12 @@ class RotatedWeight(QuantizedWeight):
     out_features: int
     in_features: int
     method_name: str
+    scales: bool = False  # U, V's sign vectors stored as fp16 scales (trainable)
     diagnostics: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def trainable(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(self.inner.trainable)
+        return tuple(self.inner.trainable) + (_SCALES if self.scales else ())
 
     def dequantize(self) -> torch.Tensor:
         """Uᵀ Q(W') V, [out, in] float32."""
@@ -61,7 +65,13 @@ class RotatedWeight(QuantizedWeight):
     def train_forward(self):
         inner = self.inner.train_forward()
         U, V = self.U, self.V
-        return lambda x, t: U.apply_t(inner(V.apply(x), t))
+
+        def forward(x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+            u, v = U, V
+            if self.scales:  # the trained sign vectors
+                u, v = (RHT(r.spec, t[name].to(torch.float32)) for r, name in zip((U, V), _SCALES))
+            return u.apply_t(inner(v.apply(x), t))
+        return forward
 
     def kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         inner = self.inner.kernel()
@@ -71,13 +81,16 @@ class RotatedWeight(QuantizedWeight):
         return lambda x: U.apply_t(inner(V.apply(x.to(torch.float32))))
 
     def bit_breakdown(self) -> dict[str, int]:
-        return {**self.inner.bit_breakdown(), "rotation": self.U.signs_bits() + self.V.signs_bits()}
+        n = self.out_features + self.in_features
+        return {**self.inner.bit_breakdown(), "rotation": 16 * n if self.scales else n}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, inner_meta = self.inner.state()
         rot_meta = {}
         for prefix, rht in zip(_PREFIX, (self.U, self.V)):
             t, m = rht.to_state()
+            if self.scales:
+                t, m = {"scales": rht.signs.to(torch.float16)}, {**m, "signs": "scales"}
             tensors.update({prefix + k: v for k, v in t.items()})
             rot_meta[prefix.rstrip("_")] = m
         meta = {"inner_cls": type(self.inner).__name__, "inner": inner_meta, **rot_meta,
@@ -92,7 +105,8 @@ class RotatedWeight(QuantizedWeight):
                                meta[p.rstrip("_")]) for p in _PREFIX)
         inner = INNER_CLASSES[meta["inner_cls"]].from_state(inner_t, meta["inner"])
         return cls(inner=inner, U=U, V=V, out_features=meta["out_features"],
-                   in_features=meta["in_features"], method_name=meta["method_name"])
+                   in_features=meta["in_features"], method_name=meta["method_name"],
+                   scales=meta["rot_out"]["signs"] == "scales")
 
     def stats(self) -> dict[str, Any]:
         """The inner method's statistics (of the rotated weight), marked as incoherent."""
@@ -109,9 +123,9 @@ def quantize_rotated(W: torch.Tensor, H: torch.Tensor | None, cfg,
     Hr = None if H is None else rotate_hessian(H.detach().to(torch.float64), V)
     inner = quantize(Wr, Hr, cfg)
     return RotatedWeight(inner=inner, U=U, V=V, out_features=W.shape[0], in_features=W.shape[1],
-                         method_name=inner.method_name)
+                         method_name=inner.method_name, scales=cfg.train_rotation)
 
 
-def rotation_bits(out_features: int, in_features: int) -> int:
-    """Stored bits of a layer's two sign vectors."""
-    return out_features + in_features
+def rotation_bits(out_features: int, in_features: int, scales: bool = False) -> int:
+    """Stored bits of a layer's two sign vectors (16 each entry when kept as trainable scales)."""
+    return (out_features + in_features) * (16 if scales else 1)

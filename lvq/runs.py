@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
-from .hf import hf_quantization_config
+from .hf import QUANT_METHOD, hf_quantization_config
 from .methods import get_method, weight_class
 from .qlinear import QuantizedLinear, set_inference_mode
 from .report import Report
@@ -217,18 +217,53 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     mode: how the quantized linears compute (lvq/qlinear.py); None picks "packed" on CPU (the
     decode-free kernels: memory stays a few bits per weight) and "dense" on CUDA.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer  # heavy: imported when a run is loaded
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     _check_files(run_dir, info, verify_hash)
+    config = AutoConfig.from_pretrained(str(run_dir))
+    qc = getattr(config, "quantization_config", None) or {}
+    if (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)) == QUANT_METHOD:
+        model = _load_through_transformers(run_dir, info)
+    else:  # runs saved before lvq registered itself with transformers
+        model = _load_by_hand(run_dir, info, config)
+    model.config.lvq_source = info["model"].get("source", "")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
+    tok = AutoTokenizer.from_pretrained(str(run_dir))
+    report = Report.load(run_dir / "report")
+    return model, tok, report
+
+
+def _load_through_transformers(run_dir: Path, info: dict[str, Any]):
+    """transformers' own loading with lvq's quantizer (lvq/hf.py): the model is built empty, the
+    quantized linears replaced, then only the checkpoint's tensors are read (no fp32 copy of the
+    weights is ever allocated). Every tensor must be found."""
+    from transformers import AutoModelForCausalLM  # heavy: imported when a run is loaded
+
+    try:
+        model, loading = AutoModelForCausalLM.from_pretrained(str(run_dir), dtype=torch.float32,
+                                                              output_loading_info=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise LvqError(f"{run_dir} cannot be loaded ({str(e).splitlines()[0][:300]})") from None
+    tied = set(info.get("tied", []))
+    missing = sorted(set(loading.get("missing_keys", [])) - tied)
+    if missing:
+        raise LvqError(f"{run_dir} is corrupt: tensors {missing[:3]} are missing")
+    return model
+
+
+def _load_by_hand(run_dir: Path, info: dict[str, Any], config):
+    """Older runs (no quantization_config): a plain model with its linears swapped."""
+    from transformers import AutoModelForCausalLM  # heavy: imported when a run is loaded
+
     try:
         tensors = load_file(str(run_dir / "model.safetensors"))
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise LvqError(f"{run_dir}/model.safetensors cannot be read ({e})") from None
-    config = AutoConfig.from_pretrained(str(run_dir))
-    if hasattr(config, "quantization_config"):  # lvq builds the quantized linears itself, below
-        delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # buffers such as RoPE's
     quantized_keys: set[str] = set()
     for name, entry in info["layers"].items():
@@ -244,20 +279,14 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, qlin)
         quantized_keys.update(keys)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.load_state_dict({k: v.float() if v.is_floating_point() and k not in quantized_keys
+                                                 else v for k, v in tensors.items()}, strict=False)
     tied = set(info.get("tied", []))
     missing = [k for k in missing if k not in tied and k not in quantized_keys]
     if unexpected or missing:
         raise LvqError(f"{run_dir} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.tie_weights()
-    model.config.lvq_source = info["model"].get("source", "")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
-    tok = AutoTokenizer.from_pretrained(str(run_dir))
-    report = Report.load(run_dir / "report")
-    return model, tok, report
+    return model
 
 
 def load_report(run_dir: str | Path) -> Report:

@@ -5,6 +5,10 @@ events. The returned :class:`Page` tells ``app.py`` how to refresh the page when
 (e.g. to list runs saved by another page or another session) and what to fill in once the
 browser has loaded (work too slow for start-up). :func:`run_picker` is the run dropdown every
 page that looks at a run uses.
+
+Every page takes the visitor-id component (``sessions.client_state()``, one per app) and passes
+it, with the request, to whatever lists or opens runs: ``viewer(client_id, request)`` is who is
+looking, and ``runtable`` shows and opens only what that visitor may see.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from . import figures, runtable
+from . import figures, runtable, sessions
 
 
 @dataclass
@@ -21,52 +25,71 @@ class Page:
     refresh: Callable[..., Any] | None = None  # on tab select: f(*refresh_inputs) -> ``outputs``
     outputs: list = field(default_factory=list)
     refresh_inputs: list = field(default_factory=list)
-    load: Callable[[], Any] | None = None      # on page load -> values for ``load_outputs``
+    load: Callable[..., Any] | None = None     # on page load: f(*load_inputs) -> ``load_outputs``
     load_outputs: list = field(default_factory=list)
+    load_inputs: list = field(default_factory=list)
+
+
+def viewer(client_id: Any = None, request: Any = None) -> sessions.Viewer:
+    """Who is asking (see pages/sessions.py)."""
+    return sessions.viewer(client_id, request)
+
+
+def client_or_new(client: gr.BrowserState | None) -> gr.BrowserState:
+    """The app's visitor-id component, or a new one for a page built on its own (tests)."""
+    return client if client is not None else sessions.client_state()
 
 
 @dataclass
 class RunPicker:
-    """A run dropdown (runs of ``methods`` only, newest first) with its refresh button."""
+    """A run dropdown (the visitor's runs of ``methods``, then other visible runs, then the
+    examples when ``examples``) with its refresh button."""
 
     dropdown: gr.Dropdown
     methods: tuple[str, ...] | None
+    client: gr.BrowserState
+    examples: bool = True
+    prefer: tuple[str, ...] = ()
 
-    def choices(self) -> list[tuple[str, str]]:
-        return runtable.run_choices(self.methods)
+    def choices(self, who: sessions.Viewer) -> list[tuple[str, str]]:
+        return runtable.run_choices(who, self.methods, examples=self.examples, prefer=self.prefer)
 
-    def refresh(self, current: str | None = None):
-        """gr.update keeping the current run when it still exists, else the newest."""
-        choices = self.choices()
+    def refresh(self, current: str | None = None, client_id: Any = None, request: gr.Request = None):
+        """gr.update keeping the current run when it is still listed, else the first listed; an
+        example gives way to the visitor's newest run once they have one."""
+        choices = self.choices(viewer(client_id, request))
         values = [v for _, v in choices]
-        value = current if current in values else (values[0] if values else None)
-        return gr.update(choices=choices, value=value)
+        first = values[0] if values else None
+        keep = current in values and not (runtable.is_example(current) and not runtable.is_example(first))
+        return gr.update(choices=choices, value=current if keep else first)
 
-    def newest(self) -> str | None:
-        choices = self.choices()
-        return choices[0][1] if choices else None
-
-    def page(self, draw: Callable[[str | None], tuple] | None = None, outputs: list | None = None) -> Page:
+    def page(self, draw: Callable[..., tuple] | None = None, outputs: list | None = None) -> Page:
         """The Page of a page built around this picker: the dropdown is refreshed when the tab
-        opens; on load the newest run is picked and ``draw(run) -> values`` fills ``outputs``."""
+        opens; on load the first listed run (the visitor's newest, else an example) is picked and
+        ``draw(run, client_id, request) -> values`` fills ``outputs``."""
         outputs = outputs or []
 
-        def load():
-            value = self.newest()
-            return (self.refresh(value), *(draw(value) if draw else ()))
+        def load(client_id: Any = None, request: gr.Request = None):
+            choices = self.choices(viewer(client_id, request))
+            value = choices[0][1] if choices else None
+            return (gr.update(choices=choices, value=value),
+                    *(draw(value, client_id, request) if draw else ()))
 
-        return Page(refresh=self.refresh, outputs=[self.dropdown], refresh_inputs=[self.dropdown],
-                    load=load, load_outputs=[self.dropdown, *outputs])
+        return Page(refresh=self.refresh, outputs=[self.dropdown],
+                    refresh_inputs=[self.dropdown, self.client], load=load,
+                    load_inputs=[self.client], load_outputs=[self.dropdown, *outputs])
 
 
-def run_picker(label: str, methods: tuple[str, ...] | None, elem_id: str) -> RunPicker:
-    """Lay out the dropdown and the refresh button in one row and wire the button."""
+def run_picker(label: str, methods: tuple[str, ...] | None, elem_id: str, client: gr.BrowserState,
+               examples: bool = True, prefer: tuple[str, ...] = ()) -> RunPicker:
+    """Lay out the dropdown and the refresh button in one row and wire the button; examples of
+    the ``prefer`` methods are listed before the other examples."""
     with gr.Row():
         dropdown = gr.Dropdown([], value=None, allow_custom_value=True, label=label, scale=4,
                                elem_id=elem_id)
         button = gr.Button("↻ Refresh runs", size="sm", scale=1)
-    picker = RunPicker(dropdown, methods)
-    button.click(picker.refresh, dropdown, dropdown, queue=False, api_name=False)
+    picker = RunPicker(dropdown, methods, client, examples, prefer)
+    button.click(picker.refresh, [dropdown, client], dropdown, queue=False, api_name=False)
     return picker
 
 
@@ -77,13 +100,23 @@ def blank(n: int, message: str, note: str) -> tuple:
     return (*([empty] * n), note)
 
 
-def open_report(run_dir: str | None, what: str, n: int):
-    """(report, None) for a saved run, or (None, blank outputs) saying why there is none: no run
-    selected (``what`` names the kind of run the page needs) or a folder that cannot be read."""
+def open_report(run_dir: str | None, what: str, n: int, who: sessions.Viewer):
+    """(report, None) for a saved run the visitor may see, or (None, blank outputs) saying why
+    there is none: no run selected (``what`` names the kind of run the page needs) or a folder
+    that cannot be read."""
     if not run_dir:
         return None, blank(n, f"no {what} run yet: quantize one on the Quantize page",
                            f"No {what} run selected.")
     try:
-        return runtable.load_report(run_dir), None
+        return runtable.load_report(run_dir, who), None
     except (ValueError, OSError) as e:
         return None, blank(n, "cannot read this run", f"❌ {e}")
+
+
+def example_banner(run_dir: str | None) -> str:
+    """The label every page puts above an example's plots ("" for a real run)."""
+    if not runtable.is_example(run_dir):
+        return ""
+    return (f"**{runtable.EXAMPLE_TAG[0].upper()}{runtable.EXAMPLE_TAG[1:]}.** These plots come "
+            "from a run saved with the project (its tables, not its weights); your own runs appear "
+            "in the list beside it.\n\n")

@@ -5,6 +5,9 @@
   two sessions asking for the same model at once wait for one load instead of doing two.
 * Cancel / stop flags are ``threading.Event``\\ s keyed by the Gradio session, so one user's Stop
   never stops another user's generation (``SIGNALS``).
+* ``OPENED`` remembers when each saved run was last opened by any page of any session: a run
+  loaded in ``RUN_MODELS`` or opened within the last ``open_minutes()`` is *open*, and the runs
+  folder's size budget (pages/retention.py) never deletes an open run.
 * On a ZeroGPU Space, ``gpu(fn, duration)`` asks for the GPU for as long as the job needs
   (``quantize_seconds``, ``chat_seconds``), capped.
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -63,6 +68,44 @@ class KeyedCache:
         with self._lock:
             return key in self._items
 
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (a deleted run); whoever still holds the value keeps it."""
+        with self._lock:
+            self._items.pop(key, None)
+
+
+OPEN_MINUTES = 30.0  # default of $LVQ_OPEN_MINUTES
+
+
+def open_minutes() -> float:
+    """How long a run counts as open after a page last opened it: ``$LVQ_OPEN_MINUTES`` or 30."""
+    try:
+        return max(float(os.environ.get("LVQ_OPEN_MINUTES", OPEN_MINUTES)), 0.0)
+    except ValueError:
+        return OPEN_MINUTES
+
+
+class RecentRuns:
+    """When each run folder was last opened (path -> time.monotonic()), under a lock."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def touch(self, path: str) -> None:
+        with self._lock:
+            self._seen[path] = time.monotonic()
+
+    def recent(self, path: str, minutes: float | None = None) -> bool:
+        minutes = open_minutes() if minutes is None else minutes
+        with self._lock:
+            t = self._seen.get(path)
+        return t is not None and time.monotonic() - t < minutes * 60
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._seen.pop(path, None)
+
 
 def _load_config(name: str):
     return AutoConfig.from_pretrained(resolve(name)[1])
@@ -82,6 +125,7 @@ RUN_MODELS = KeyedCache(lvq.load_run, max_items=2)     # run dir -> (model, toke
 REPORTS = KeyedCache(lvq.load_report, max_items=8)     # run dir -> Report (small pandas tables)
 CONFIGS = KeyedCache(_load_config, max_items=8)        # model name -> transformers config
 WEIGHTS = KeyedCache(_count_weights, max_items=8)      # model name -> (linear weights, parameters)
+OPENED = RecentRuns()                                  # run dir -> when a page last opened it
 _PPL_FP: dict[tuple, float] = {}
 _PPL_LOCK = threading.Lock()
 
@@ -143,6 +187,11 @@ def session_id(request: Any) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
+def is_open(path: str) -> bool:
+    """A run is open while its model is loaded here or a page opened it recently (``OPENED``)."""
+    return path in RUN_MODELS or OPENED.recent(path)
+
+
 # ZeroGPU: spaces.GPU(duration=s) asks the Space's scheduler for the GPU for up to s seconds. The
 # request is checked against the visitor's remaining quota and per-call limit before the call
 # starts, shorter requests are scheduled sooner, a call still running after s seconds is aborted,
@@ -178,7 +227,8 @@ def quantize_seconds(model_name: str, config: str, corpus: Any = None, upload: A
     (model, config JSON, corpus, upload, calibration windows, seqlen, evaluation windows, ...).
 
     Forward passes (about 4 per block over the calibration windows, 2 evaluations) at GPU_FLOPS,
-    plus the method's time per million weights scaled by the config's effort.
+    plus the method's time per million weights scaled by the config's effort, plus end-to-end
+    fine-tuning (a forward and a backward pass of about 3 forwards' work, one window per step).
     """
     try:
         cfg = lvq.config_from_dict(json.loads(config))
@@ -188,7 +238,9 @@ def quantize_seconds(model_name: str, config: str, corpus: Any = None, upload: A
     except Exception:  # the job itself reports what is wrong; ask for the most meanwhile
         return GPU_MAX_S
     rate = SECONDS_PER_MWEIGHT.get(cfg.method, max(SECONDS_PER_MWEIGHT.values()))
-    return _within_limits(GPU_MIN_S + 2 * params * tokens / GPU_FLOPS + linear / 1e6 * rate * effort)
+    e2e_tokens = 3 * int(getattr(cfg, "e2e_steps", 0)) * int(seqlen)
+    return _within_limits(GPU_MIN_S + 2 * params * (tokens + e2e_tokens) / GPU_FLOPS
+                          + linear / 1e6 * rate * effort)
 
 
 def chat_seconds(prompt: Any = None, run_dir: Any = None, hist_o: Any = None, hist_q: Any = None,

@@ -1,12 +1,14 @@
 """Channels page: CRVQ's critical channels, permutation, codebook usage and per-channel error."""
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 import pandas as pd
 
 import lvq
 
-from . import Page, figures, open_report, run_picker, runtable, texts
+from . import Page, client_or_new, example_banner, figures, open_report, run_picker, runtable, texts, viewer
 
 METHODS = ("crvq", "aqlm")
 
@@ -19,9 +21,9 @@ def _layers(report) -> list[str]:
     return []
 
 
-def _critical_ratio(run_dir: str) -> float | None:
+def _critical_ratio(run_dir: str, who) -> float | None:
     try:
-        return float(lvq.read_run_info(runtable.run_path(run_dir))["method"].get("critical_ratio"))
+        return float(lvq.read_run_info(runtable.run_path(run_dir, who))["method"].get("critical_ratio"))
     except (ValueError, TypeError, KeyError, OSError):
         return None
 
@@ -42,9 +44,10 @@ def finetune_note(rows: pd.DataFrame) -> str:
             f"pass {best} of {ran} run).")
 
 
-def layer_figures(run_dir: str | None, layer: str | None):
+def layer_figures(run_dir: str | None, layer: str | None, client_id: Any = None, request: gr.Request = None):
     """(importance, permutation, codebook usage, per-channel error, note) for one layer of a run."""
-    report, nothing = open_report(run_dir if layer else None, "CRVQ", 4)
+    who = viewer(client_id, request)
+    report, nothing = open_report(run_dir if layer else None, "CRVQ", 4, who)
     if nothing:
         return nothing
 
@@ -56,34 +59,35 @@ def layer_figures(run_dir: str | None, layer: str | None):
     n_crit = int(ch["critical"].astype(bool).sum()) if "critical" in ch else 0
     note = f"Layer `{layer}`: {len(ch)} input channels, {n_crit} critical." if len(ch) else \
         "This layer has no channel table (AQLM runs have no critical channels)."
-    note += finetune_note(of_layer("layers"))
-    return (figures.channel_importance(ch, _critical_ratio(run_dir)), figures.channel_permutation(ch),
+    note = example_banner(run_dir) + note + finetune_note(of_layer("layers"))
+    return (figures.channel_importance(ch, _critical_ratio(run_dir, who)), figures.channel_permutation(ch),
             figures.codebook_usage(cb), figures.channel_error(ch), note)
 
 
-def select_run(run_dir: str | None):
+def select_run(run_dir: str | None, client_id: Any = None, request: gr.Request = None):
     """Layer dropdown for a run, then that layer's figures."""
     layers = []
     if run_dir:
         try:
-            layers = _layers(runtable.load_report(run_dir))
+            layers = _layers(runtable.load_report(run_dir, viewer(client_id, request)))
         except (ValueError, OSError):
             layers = []
     layer = layers[0] if layers else None
-    return (gr.update(choices=layers, value=layer), *layer_figures(run_dir, layer))
+    return (gr.update(choices=layers, value=layer), *layer_figures(run_dir, layer, client_id, request))
 
 
-def build() -> Page:
+def build(client: gr.BrowserState | None = None) -> Page:
+    client = client_or_new(client)
     gr.Markdown(texts.CHANNELS_HELP)
-    picker = run_picker("CRVQ / AQLM run", METHODS, "channels-run")
+    picker = run_picker("CRVQ / AQLM run", METHODS, "channels-run", client)
     layer = gr.Dropdown([], value=None, allow_custom_value=True, label="Layer")
-    note = gr.Markdown()
+    note = gr.Markdown(elem_id="channels-note")
     imp = gr.Plot(label="Channel importance")
     with gr.Row():
         perm = gr.Plot(label="Permutation")
         usage = gr.Plot(label="Codebook usage")
     err = gr.Plot(label="Per-channel error")
     outs = [imp, perm, usage, err, note]
-    picker.dropdown.change(select_run, picker.dropdown, [layer, *outs], api_name="channels")
-    layer.input(layer_figures, [picker.dropdown, layer], outs, api_name=False)
+    picker.dropdown.change(select_run, [picker.dropdown, client], [layer, *outs], api_name="channels")
+    layer.input(layer_figures, [picker.dropdown, layer, client], outs, api_name=False)
     return picker.page(select_run, [layer, *outs])

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 
-from . import Page, figures, runtable, texts
+from . import Page, client_or_new, figures, runtable, texts, viewer
 
 FP_METHODS = ("fp", "fp16", "fp32", "bf16", "none")
 TABLE_COLUMNS = ["source", "label", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
@@ -47,11 +48,13 @@ def fp_reference(df: pd.DataFrame) -> float | None:
     return float(vals.median()) if len(vals) else None
 
 
-def view(sources: list[str], x: str, log_y: bool, group_by: str = "method"):
+def view(sources: list[str], x: str, log_y: bool, group_by: str = "method", client_id: Any = None,
+         request: gr.Request = None):
     """(figure, table, csv path) for the chosen sources and axis; group_by "sweep" draws each
-    sweep as one line (benchmark rows and single runs as grey markers)."""
+    sweep as one line (benchmark rows and single runs as grey markers). "my runs" are the runs
+    this visitor may see (their own and shared ones; pages/sessions.py)."""
     bench = runtable.load_bench() if "benchmark table" in sources else pd.DataFrame()
-    runs = runtable.list_runs() if "my runs" in sources else pd.DataFrame()
+    runs = runtable.list_runs(viewer(client_id, request)) if "my runs" in sources else pd.DataFrame()
     df = combined_table(bench, runs)
     ref = fp_reference(df) if len(df) else None
     points = df[~df["method"].str.lower().isin(FP_METHODS)] if len(df) else df
@@ -69,7 +72,8 @@ def view(sources: list[str], x: str, log_y: bool, group_by: str = "method"):
     return fig, shown, str(path)
 
 
-def build() -> Page:
+def build(client: gr.BrowserState | None = None) -> Page:
+    client = client_or_new(client)
     gr.Markdown(texts.COMPARE_HELP)
     with gr.Row():
         sources = gr.CheckboxGroup(SOURCES, value=SOURCES, label="Show")
@@ -82,8 +86,12 @@ def build() -> Page:
     plot = gr.Plot(label="Perplexity vs size", elem_id="compare-plot")
     table = gr.Dataframe(interactive=False, label="All runs (click a header to sort)", wrap=True)
     download = gr.DownloadButton("Download CSV", size="sm")
-    inputs, outs = [sources, x, log_y, group_by], [plot, table, download]
+    inputs, outs = [sources, x, log_y, group_by, client], [plot, table, download]
     gr.on([sources.change, x.change, log_y.change, group_by.change, refresh.click], view, inputs, outs,
           api_name="compare")
-    return Page(refresh=view, outputs=outs, refresh_inputs=inputs,
-                load=lambda: view(SOURCES, "bits_per_weight", True, "method"), load_outputs=outs)
+
+    def load(client_id: Any = None, request: gr.Request = None):
+        return view(SOURCES, "bits_per_weight", True, "method", client_id, request)
+
+    return Page(refresh=view, outputs=outs, refresh_inputs=inputs, load=load, load_inputs=[client],
+                load_outputs=outs)

@@ -64,6 +64,89 @@ def bits_heatmap(groups: pd.DataFrame) -> go.Figure:
     return fig
 
 
+LAYER_TYPE_ORDER = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj",
+                    "gate_up_proj", "down_proj")
+SUMMARY_METRICS = {
+    "relative error": ("rel_error", "relative output error ‖(W−Ŵ)X‖² / ‖WX‖²"),
+    "bits per weight (incl. overhead)": ("bits_per_weight", "bits per weight, overhead included"),
+    "code bits": ("code_bits", "mean bits in codes (what bit allocation moves)"),
+}
+
+
+def _layer_type(name: str) -> str:
+    return str(name).rsplit(".", 1)[-1]
+
+
+def layer_summary(layers: pd.DataFrame, groups: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per layer: layer, block, type, rel_error, bits_per_weight and code_bits (the mean
+    code width over the layer's columns from the groups table, else the layer's stat)."""
+    if layers.empty or "layer" not in layers:
+        return pd.DataFrame(columns=["layer", "block", "type", "rel_error", "bits_per_weight", "code_bits"])
+    names = layers["layer"].astype(str)
+    block = (layers["block"] if "block" in layers else names.str.split(".").str[0]).astype(int)
+    out = pd.DataFrame({"layer": names, "block": block.to_numpy(), "type": names.map(_layer_type),
+                        "rel_error": _col(layers, "rel_error"),
+                        "bits_per_weight": _col(layers, "bits_per_weight"),
+                        "code_bits": _col(layers, "stat_code_bits")})
+    if groups is not None and len(groups) and {"layer", "bits"} <= set(groups):
+        g = groups.assign(_w=(groups["col_stop"] - groups["col_start"]) if {"col_start", "col_stop"} <= set(groups) else 1.0)
+        g = g.assign(_wb=g["_w"] * g["bits"]).groupby(g["layer"].astype(str))[["_wb", "_w"]].sum()
+        mean = (g["_wb"] / g["_w"]).to_dict()
+        out["code_bits"] = [mean.get(n, c) for n, c in zip(out["layer"], out["code_bits"])]
+    return out
+
+
+def block_summary(summary: pd.DataFrame, metric: str = "relative error") -> go.Figure:
+    """Blocks x layer types heatmap of one per-layer ``metric`` (a SUMMARY_METRICS key): the
+    whole model at a glance; relative error on a log colour scale."""
+    column, title = SUMMARY_METRICS.get(metric, SUMMARY_METRICS["relative error"])
+    if summary.empty or not np.isfinite(summary[column].to_numpy(dtype=float)).any():
+        return empty_figure(f"no {metric} in this run's report")
+    present = list(dict.fromkeys(summary["type"]))
+    types = [t for t in LAYER_TYPE_ORDER if t in present] + [t for t in present if t not in LAYER_TYPE_ORDER]
+    blocks = sorted(summary["block"].unique())
+    z = np.full((len(blocks), len(types)), np.nan)
+    names = np.full(z.shape, "", dtype=object)
+    bi, ti = {b: i for i, b in enumerate(blocks)}, {t: j for j, t in enumerate(types)}
+    for r in summary.itertuples(index=False):
+        z[bi[r.block], ti[r.type]] = getattr(r, column)
+        names[bi[r.block], ti[r.type]] = r.layer
+    log = column == "rel_error"
+    shown = np.log10(np.where(z > 0, z, np.nan)) if log else z
+    fig = go.Figure(go.Heatmap(
+        z=shown, x=types, y=[str(b) for b in blocks], customdata=np.dstack([names, z]),
+        colorscale="Viridis", colorbar=dict(title="log10" if log else "bits"),
+        hovertemplate="%{customdata[0]}<br>" + metric + " %{customdata[1]:.4g}<extra></extra>"))
+    fig.update_layout(**{**_LAYOUT, "height": max(320, 16 * len(blocks) + 140)},
+                      title=f"{title}: blocks × layer types", xaxis_title="layer type",
+                      yaxis=dict(title="block", autorange="reversed", type="category",
+                                 tickfont=dict(size=9)))
+    return fig
+
+
+def layer_groups(groups: pd.DataFrame, layer: str) -> go.Figure:
+    """One layer's groups: the bits each got (bars) and their error after quantization (markers,
+    right axis); hover shows the salience."""
+    rows = groups[groups["layer"].astype(str) == layer] if len(groups) and "layer" in groups else groups
+    if rows.empty:
+        return empty_figure("no per-group table for this layer (bit allocation is GLVQ's)")
+    rows = rows.sort_values("group")
+    sal = _col(rows, "salience")
+    fig = go.Figure(go.Bar(x=rows["group"], y=rows["bits"], name="bits", marker_color="#d62728",
+                           customdata=sal,
+                           hovertemplate="group %{x}<br>%{y} bits<br>salience %{customdata:.3g}<extra></extra>"))
+    if "err_after" in rows:
+        fig.add_trace(go.Scatter(x=rows["group"], y=rows["err_after"], yaxis="y2", mode="markers+lines",
+                                 name="error after", marker=dict(color="#1f77b4"),
+                                 hovertemplate="group %{x}<br>error %{y:.3g}<extra></extra>"))
+    fig.update_layout(**_LAYOUT, title=f"Groups of {layer}",
+                      xaxis=dict(title="group (input columns)", dtick=1),
+                      yaxis=dict(title="bits", rangemode="tozero"),
+                      yaxis2=dict(title="error", overlaying="y", side="right", type="log", showgrid=False),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
 def bits_histogram(groups: pd.DataFrame) -> go.Figure:
     """How many groups got each bit width."""
     if groups.empty:
@@ -174,6 +257,65 @@ def lattice_figure(G2: np.ndarray, vectors: np.ndarray | None, title: str, offse
     fig.update_layout(**_LAYOUT, title=title, xaxis=dict(range=[-extent, extent], title="coord a"),
                       yaxis=dict(range=[-extent, extent], title="coord b", scaleanchor="x"),
                       legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def quantized_points_figure(vectors: np.ndarray, points: np.ndarray, title: str) -> go.Figure:
+    """Weight vectors (coords a, b) joined to the points their codes decode to: what a fixed
+    codebook with nearest-point decoding does, drawn without cells."""
+    V, P = np.asarray(vectors, dtype=float), np.asarray(points, dtype=float)
+    xs, ys = [], []
+    for v, p in zip(V, P):
+        xs += [v[0], p[0], None]
+        ys += [v[1], p[1], None]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#cccccc", width=1),
+                             name="quantization error", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=P[:, 0], y=P[:, 1], mode="markers", name="decoded points",
+                             marker=dict(size=8, symbol="circle-open", color="#1f77b4", line=dict(width=2)),
+                             hovertemplate="(%{x:.3f}, %{y:.3f})<extra>decoded point</extra>"))
+    fig.add_trace(go.Scatter(x=V[:, 0], y=V[:, 1], mode="markers", name="weight vectors",
+                             marker=dict(size=5, color="#d62728", opacity=0.6),
+                             hovertemplate="(%{x:.3f}, %{y:.3f})<extra>weight</extra>"))
+    lim = float(np.abs(np.concatenate([V, P])).max()) * 1.1 if len(V) else 1.0
+    fig.update_layout(**_LAYOUT, title=title, xaxis=dict(range=[-lim, lim], title="coord a"),
+                      yaxis=dict(range=[-lim, lim], title="coord b", scaleanchor="x"),
+                      legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def kurtosis(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=float).ravel()
+    v = x.var()
+    return float(((x - x.mean()) ** 4).mean() / v ** 2) if v > 0 else float("nan")
+
+
+def rotation_scatter(before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:
+    """The same weight vectors (coords a, b) before and after the rotation W' = U W Vᵀ."""
+    fig = go.Figure()
+    for name, M, color in (("before rotation", before, "#ff7f0e"), ("after rotation", after, "#1f77b4")):
+        M = np.asarray(M, dtype=float)
+        fig.add_trace(go.Scatter(x=M[:, 0], y=M[:, 1], mode="markers", name=name,
+                                 marker=dict(size=5, color=color, opacity=0.55),
+                                 hovertemplate="(%{x:.3f}, %{y:.3f})<extra>" + name + "</extra>"))
+    fig.update_layout(**_LAYOUT, title=title, xaxis_title="coord a",
+                      yaxis=dict(title="coord b", scaleanchor="x"), legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+def rotation_histogram(before: np.ndarray, after: np.ndarray) -> go.Figure:
+    """Distribution of every coordinate before and after rotation (log counts; kurtosis in the
+    legend: 3 for a Gaussian, larger with outliers)."""
+    b, a = np.asarray(before, dtype=float).ravel(), np.asarray(after, dtype=float).ravel()
+    lim = float(max(np.abs(b).max(), np.abs(a).max())) if len(b) else 1.0
+    bins = dict(start=-lim, end=lim, size=2 * lim / 80 if lim > 0 else 0.1)
+    fig = go.Figure()
+    for name, x, color in (("before rotation", b, "#ff7f0e"), ("after rotation", a, "#1f77b4")):
+        fig.add_trace(go.Histogram(x=x, xbins=bins, name=f"{name} (kurtosis {kurtosis(x):.1f})",
+                                   marker_color=color, opacity=0.55))
+    fig.update_layout(**_LAYOUT, barmode="overlay", title="Weights before and after rotation",
+                      xaxis_title="normalised weight", yaxis=dict(title="count", type="log"),
+                      legend=dict(orientation="h", y=-0.2))
     return fig
 
 

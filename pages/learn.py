@@ -231,7 +231,8 @@ SECTIONS = [
 ]
 
 
-def build() -> Page:
+def build(client=None) -> Page:
+    """``client`` (the visitor id) is unused: this page shows no runs."""
     plots = []
     for key, fn, sliders in SECTIONS:
         with gr.Column(elem_classes=["learn-section"]):

@@ -3,6 +3,12 @@
 The settings widgets of every method are built from ``CONTROLS`` (one row per config field); the
 exact config that will run is shown as JSON and is what the ``quantize`` API endpoint takes, so a
 script (or gradio_client) can post any config the library accepts.
+
+A saved run belongs to the visitor who made it (``owner.json``, pages/sessions.py), shared with
+other visitors only when they tick "share"; the run table below (pages/myruns.py) lists the runs
+this visitor may see and lets them share, unshare or delete their own. After each save the runs folder's size budget is
+enforced (pages/retention.py); the estimate line warns when that may delete runs. One run at a
+time: a second visitor's run waits in Gradio's queue, its position shown in the status area.
 """
 from __future__ import annotations
 
@@ -22,12 +28,12 @@ import lvq
 from lvq.config import ADDITIVE_DIMS, GLVQ_DECODERS, GLVQ_DIMS, GLVQ_LATTICES
 from lvq.jobs import EvalConfig, JobSpec, run_job
 
-from . import Page, cache, runtable, texts
+from . import Page, cache, client_or_new, myruns, retention, runtable, sessions, texts, viewer
 
 log = logging.getLogger(__name__)
 
 UPLOAD = "upload a .txt file"
-GROUPS = [32, 64, 128, 256]
+GROUPS = [32, 64, 128, 256, 512]
 
 # (field, widget, options, one-line help) per method; defaults come from the config class.
 CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
@@ -56,6 +62,13 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
          "learned: a trained G per group; Z, D, E8: a fixed standard lattice, scaled per group (E8 needs d = 8)"),
         ("decoder", "dropdown", dict(choices=list(GLVQ_DECODERS)),
          "babai: z = round(G⁻¹x); nearest: the exact closest lattice point (standard lattices only)"),
+        ("incoherence", "checkbox", {},
+         "quantize U W Vᵀ with random Hadamard rotations U, V (outliers spread out; the presets use it)"),
+        ("finetune", "checkbox", {},
+         "after each block: codes frozen, scales and lattice parameters trained on the block's outputs"),
+        ("finetune_steps", "slider", dict(minimum=1, maximum=100, step=1), "fine-tuning passes per block"),
+        ("e2e_steps", "slider", dict(minimum=0, maximum=500, step=8),
+         "end-to-end fine-tuning steps after the last block (0 = none)"),
     ],
     "crvq": [
         ("dim", "dropdown", dict(choices=list(ADDITIVE_DIMS)), "vector length d (consecutive input columns)"),
@@ -68,6 +81,8 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
          "λ: fraction of input channels treated as critical (1–5 % typical)"),
         ("beam_width", "slider", dict(minimum=1, maximum=8, step=1), "beam width of the code search"),
         ("epochs", "slider", dict(minimum=0, maximum=20, step=1), "code search / codebook update rounds"),
+        ("adam_steps", "slider", dict(minimum=0, maximum=200, step=5), "Adam steps on the codebooks per round"),
+        ("kmeans_iters", "slider", dict(minimum=0, maximum=50, step=1), "k-means iterations starting each codebook"),
         ("finetune", "checkbox", {},
          "after each block: codes frozen, codebooks and scales trained to match the original block's outputs"),
         ("finetune_steps", "slider", dict(minimum=1, maximum=100, step=1),
@@ -80,6 +95,8 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
         ("num_codebooks", "slider", dict(minimum=1, maximum=4, step=1), "additive codebooks M"),
         ("beam_width", "slider", dict(minimum=1, maximum=8, step=1), "beam width of the code search"),
         ("epochs", "slider", dict(minimum=0, maximum=20, step=1), "code search / codebook update rounds"),
+        ("adam_steps", "slider", dict(minimum=0, maximum=200, step=5), "Adam steps on the codebooks per round"),
+        ("kmeans_iters", "slider", dict(minimum=0, maximum=50, step=1), "k-means iterations starting each codebook"),
     ],
 }
 LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp": "Damping",
@@ -90,9 +107,10 @@ LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp
           "codebook_bits": "Codebook bits", "num_extended": "Extended codebooks",
           "extended_bits": "Extended codebook bits", "critical_ratio": "Critical ratio λ",
           "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks",
-          "finetune": "Block fine-tuning", "finetune_steps": "Fine-tuning passes"}
-RUN_TABLE_COLUMNS = ["run", "model", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
-                     "quant_time_s", "created"]
+          "finetune": "Block fine-tuning", "finetune_steps": "Fine-tuning passes",
+          "incoherence": "Incoherence processing (RHT)", "adam_steps": "Adam steps",
+          "kmeans_iters": "k-means iterations", "e2e_steps": "End-to-end fine-tuning steps"}
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,21 +155,15 @@ def build_config(settings: dict[str, Any] | str):
 
 
 def estimate_markdown(model: str, cfg) -> str:
+    """The size estimate, plus the runs folder's budget warning when saving may delete runs."""
     try:
         est = cache.estimate_size(model, cfg)
     except Exception as e:  # unknown model, offline hub id, method without an estimate
-        return f"Size estimate unavailable: {e}"
-    return (f"**Estimate:** {est['bits_per_weight']:.3f} bits/weight in the quantized linears · "
+        return f"Size estimate unavailable: {e}\n\n{retention.warning()}".strip()
+    text = (f"**Estimate:** {est['bits_per_weight']:.3f} bits/weight in the quantized linears · "
             f"model {est['model_mb']:.1f} MB (fp16: {est['fp_mb']:.1f} MB)")
-
-
-def run_table() -> pd.DataFrame:
-    df = runtable.list_runs()
-    df = df[[c for c in RUN_TABLE_COLUMNS if c in df]].copy()
-    for c in ("bits_per_weight", "model_mb", "ppl", "ppl_fp", "quant_time_s"):
-        if c in df:
-            df[c] = pd.to_numeric(df[c], errors="coerce").round(3)
-    return df.sort_values("created", ascending=False) if "created" in df and len(df) else df
+    warn = retention.warning(est["model_mb"])
+    return f"{text}\n\n{warn}" if warn else text
 
 
 def _fmt_s(s: float) -> str:
@@ -196,8 +208,16 @@ def _resolve_corpus(corpus: str, upload: Any) -> str:
     return corpus
 
 
-def _work(spec: JobSpec, cancel, events: queue.Queue) -> None:
-    """Run the job; reports ("progress", text, frac) / ("done", md) / ("error", msg)."""
+def retention_note(deleted: list[str]) -> str:
+    if not deleted:
+        return ""
+    return (f"\n\nTo keep the runs folder within {retention.budget_bytes() / 1e9:g} GB, the oldest "
+            f"runs not in use were deleted: {', '.join(f'`{n}`' for n in deleted)}.")
+
+
+def _work(spec: JobSpec, cancel, events: queue.Queue, who: sessions.Viewer, share: bool) -> None:
+    """Run the job, record its owner, enforce the budget; reports ("progress", text, frac) /
+    ("done", md) / ("error", msg)."""
     t0 = time.perf_counter()
 
     def progress(step: int, total: int, message: str) -> None:
@@ -212,8 +232,11 @@ def _work(spec: JobSpec, cancel, events: queue.Queue) -> None:
     try:
         job = run_job(spec, progress=progress, cancel=cancel, loaded=cache.fresh_model(spec.model),
                       fp_perplexity=cache.fp_perplexity(spec.model))
+        sessions.write_owner(job.run_dir, who, share)
         cache.RUN_MODELS.put(str(job.run_dir), (job.result.model, job.result.tokenizer, job.result.report))
-        events.put(("done", summary_markdown(str(job.run_dir), job.metrics, _protocol(spec))))
+        deleted = retention.enforce(keep={str(job.run_dir)})
+        events.put(("done", summary_markdown(str(job.run_dir), job.metrics, _protocol(spec))
+                    + retention_note(deleted)))
     except lvq.Cancelled:
         events.put(("error", "⏹ Run cancelled; nothing was saved."))
     except (ValueError, MemoryError, OSError) as e:  # LvqError is a ValueError
@@ -234,10 +257,12 @@ def _protocol(spec: JobSpec) -> str:
 
 
 def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_windows: float,
-                     seqlen: float, eval_windows: float, request: gr.Request,
-                     progress=gr.Progress()):
-    """Stream (status, run table) while a run goes on in a worker thread."""
+                     seqlen: float, eval_windows: float, share: bool = False, client_id: Any = None,
+                     request: gr.Request = None, progress=gr.Progress()):
+    """Stream (status, run table) while a run goes on in a worker thread. The run belongs to the
+    visitor ``client_id`` (else the request's session); ``share`` shows it to other visitors."""
     table = gr.update()
+    who = viewer(client_id, request)
     try:
         if not model_name or not str(model_name).strip():
             raise ValueError("choose a model")
@@ -254,7 +279,8 @@ def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_w
         return
     cancel = cache.SIGNALS.fresh(cache.session_id(request), "quantize")
     events: queue.Queue = queue.Queue()
-    worker = threading.Thread(target=_work, daemon=True, name="lvq-quantize", args=(spec, cancel, events))
+    worker = threading.Thread(target=_work, daemon=True, name="lvq-quantize",
+                              args=(spec, cancel, events, who, bool(share)))
     worker.start()
     try:
         while True:
@@ -267,7 +293,7 @@ def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_w
                 progress(frac if frac is not None else 0.0, desc=text)
                 yield f"⏳ {text}", table
             elif ev[0] == "done":
-                yield ev[1], run_table()
+                yield ev[1], myruns.run_table(who)
                 return
             else:
                 gr.Warning(ev[1].lstrip("❌⏹ "))
@@ -278,6 +304,7 @@ def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_w
 
 
 def cancel_run(request: gr.Request) -> str:
+    """Cancel this session's run (the signal is keyed by the Gradio session: never another's)."""
     if cache.SIGNALS.set(cache.session_id(request), "quantize"):
         return "⏹ Cancelling after the current layer…"
     return "Nothing to cancel."
@@ -291,16 +318,19 @@ def _widget(cls, method: str, field: str, kind: str, opts: dict, help_: str):
     label, eid = LABELS.get(field, field), f"{method}-{field}"
     if kind == "checkbox":
         return gr.Checkbox(value=bool(default), label=label, info=help_, elem_id=eid)
-    if kind == "dropdown":
+    if kind == "dropdown":  # every preset's value must be a choice (the preset buttons set them)
+        presets = [cls.preset(p).to_dict().get(field) for p in getattr(cls, "presets", {})]
+        extra = {v for v in [default, *presets] if v is not None}
         choices = list(opts["choices"])
-        if default not in choices:
-            choices = sorted(set(choices) | {default})
+        if not extra <= set(choices):
+            choices = sorted(set(choices) | extra, key=lambda v: (isinstance(v, str), v))
         return gr.Dropdown(choices=choices, value=default, label=label, info=help_, elem_id=eid)
     value = min(max(default, opts["minimum"]), opts["maximum"])
     return gr.Slider(value=value, label=label, info=help_, elem_id=eid, **opts)
 
 
-def build() -> Page:
+def build(client: gr.BrowserState | None = None) -> Page:
+    client = client_or_new(client)
     methods = _methods()
     models = runtable.model_choices()
     gr.Markdown(texts.Q4_NOTE)
@@ -339,12 +369,17 @@ def build() -> Page:
     estimate = gr.Markdown(elem_id="estimate")
     with gr.Accordion("Config that will run (JSON; the `quantize` API takes this)", open=False):
         config = gr.Code(language="json", interactive=False, elem_id="config-json")
+    share_info = ("every visitor of this dashboard sees every run anyway (LVQ_SHARED_RUNS=1)"
+                  if sessions.shared_runs() else "otherwise only you (this browser) see it")
+    share = gr.Checkbox(False, label="Share this run with other visitors", info=share_info,
+                        elem_id="share-run")
     with gr.Row():
         run = gr.Button("Run", variant="primary", elem_id="run-button")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
-    status = gr.Markdown("Ready.", elem_id="run-status")
+    # tall enough for Gradio's queue position ("queue: 1/2") while a run waits for another's
+    status = gr.Markdown("Ready.", elem_id="run-status", min_height=72)
     gr.Markdown("### Saved runs")
-    table = gr.Dataframe(run_table(), interactive=False, elem_id="run-table", wrap=True)
+    runs = myruns.build(client)
     with gr.Accordion("How a run works", open=False):
         gr.Markdown(texts.QUANTIZE_HELP)
 
@@ -387,14 +422,18 @@ def build() -> Page:
           show_progress="hidden", api_name=False)
     run.click(describe, [model, method, *flat_widgets], [config, estimate], queue=False,
               api_name=False).then(
-        cache.gpu(run_quantization), [model, config, corpus, upload, n_windows, seqlen, eval_windows],
-        [status, table], api_name="quantize", concurrency_limit=1, concurrency_id="heavy")
+        cache.gpu(run_quantization, cache.quantize_seconds),
+        [model, config, corpus, upload, n_windows, seqlen, eval_windows, share, client],
+        [status, runs.table], api_name="quantize", concurrency_limit=1, concurrency_id="heavy").then(
+        runs.after_run, [runs.mine, client], [runs.mine, runs.shared], api_name=False)
     cancel.click(cancel_run, None, status, queue=False, api_name="cancel")
 
-    def refresh():
-        return run_table(), gr.update(choices=runtable.model_choices())
+    def refresh(client_id: Any = None, request: gr.Request = None):
+        return (gr.update(choices=runtable.model_choices()), *runs.fill(client_id, request))
 
-    def initial():
-        return describe(model.value, method.value, *[w.value for w in flat_widgets])
+    def initial(client_id: Any = None, request: gr.Request = None):
+        return (*describe(model.value, method.value, *[w.value for w in flat_widgets]),
+                *runs.fill(client_id, request))
 
-    return Page(refresh=refresh, outputs=[table, model], load=initial, load_outputs=[config, estimate])
+    return Page(refresh=refresh, outputs=[model, *runs.outputs], refresh_inputs=[client], load=initial,
+                load_inputs=[client], load_outputs=[config, estimate, *runs.outputs])

@@ -33,10 +33,14 @@ the rest evaluates).
 """
 
 BITALLOC_HELP = """\
-**Salience-driven bit allocation (GLVQ).** Each group of input columns gets N−1, N or N+1 bits with
-the average kept at the target. A group's salience is Σ W²ᵢⱼ / U²ⱼⱼ over its columns (U: the
-Cholesky factor of H⁻¹), i.e. how much the output moves when the group is perturbed. Salient groups
-get more bits. Hover a cell for its layer, group, bits, salience and error.
+**Where the bits and the error go.** The overview shows the whole model at a glance: one cell per
+block and layer type, coloured by the layer's relative output error, its bits per weight
+(overhead included) or its code bits. Pick a layer to see its groups.
+**Salience-driven bit allocation (GLVQ)** gives each group of input columns N−1, N or N+1 bits with
+the average kept at the target; a group's salience is Σ W²ᵢⱼ / U²ⱼⱼ over its columns (U: the
+Cholesky factor of H⁻¹), i.e. how much the output moves when the group is perturbed, and salient
+groups get more bits. Runs without it (the RHT + E8P presets: 2 bits everywhere) are flat: then
+the error is what varies.
 """
 
 LATTICE_HELP = """\
@@ -45,7 +49,10 @@ Weight vectors are normalised, companded with μ-law, then encoded as z = round(
 rounding-off) and decoded as G z. The plots take two coordinates (a, b) of the d-dimensional
 lattice: the 2 × 2 block of G on them, its Babai cells (parallelograms), and the group's
 companded weight vectors projected on those coordinates. The integer grid with the same cell area
-is drawn for contrast.
+is drawn for contrast. Fixed codebooks with nearest-point decoding (E8, and E8P of the presets)
+have no parallelograms: each weight vector is joined to the point its code decodes to. For rotated
+layers (incoherence processing, W′ = U W Vᵀ) the last two plots show the same weights before and
+after the rotation: outliers spread out and the distribution becomes close to Gaussian.
 """
 
 CHANNELS_HELP = """\
@@ -64,7 +71,9 @@ dotted line is the unquantized model. Perplexities are comparable only under the
 CHAT_HELP = """\
 Send one prompt to the original model (left) and to a quantized run (right); both stream token by
 token. Sampling uses the same temperature / top-p on both sides, so differences are partly chance:
-use temperature 0 for a greedy, repeatable comparison.
+use temperature 0 for a greedy, repeatable comparison. Under each reply: its speed (tokens per
+second after the first token; the first token's wait is the prompt's prefill), how the model's
+linears compute and its size. Both sides generate at once and share the CPU.
 """
 
 LEARN = {

@@ -20,14 +20,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def dashboard(runs_dir: Path, extra_models: list[Path], timeout: float = 90.0):
-    """Yield the URL of a running dashboard; stop it afterwards (its log is in runs_dir/../app.log)."""
+def dashboard(runs_dir: Path, extra_models: list[Path], timeout: float = 90.0, env: dict | None = None):
+    """Yield the URL of a running dashboard; stop it afterwards (its log is in runs_dir/../app.log).
+    ``env``: more environment variables (e.g. LVQ_EXAMPLES_DIR, LVQ_SHARED_RUNS)."""
     port = free_port()
     env = {**os.environ, "LVQ_RUNS_DIR": str(runs_dir),
            "LVQ_EXTRA_MODELS": os.pathsep.join(map(str, extra_models)),
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "LVQ_EXAMPLES_DIR": str(Path(runs_dir).parent / "no-examples"), **(env or {})}
     log_path = Path(runs_dir).parent / "app.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,

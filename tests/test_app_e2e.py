@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,10 @@ def test_quantize_appears_in_run_table_and_chat_streams(app):
     job = client.submit(prompt="Tell me about lattices", run_dir=str(run_dir), hist_o=[], hist_q=[],
                         max_new_tokens=32, temperature=1.0, top_p=1.0, api_name="/chat")
     # (a random model's greedy reply is blank lines: sample, seeded, instead)
-    final_o, final_q, _ = job.result()
-    replies = [_text(q[-1]["content"]) for _o, q, _p in job.outputs() if q and q[-1]["role"] == "assistant"]
+    final_o, final_q, _, stats_o, stats_q = job.result()
+    replies = [_text(q[-1]["content"]) for _o, q, *_ in job.outputs() if q and q[-1]["role"] == "assistant"]
+    assert "tokens/s" in stats_q and "packed: decode-free CPU kernels" in stats_q and "MB" in stats_q
+    assert "tokens/s" in stats_o and "float32 dense weights" in stats_o
     assert _text(final_q[-2]["content"]) == "Tell me about lattices"
     assert _text(final_q[-1]["content"]).strip() not in ("", "…", "(no reply)")
     assert _text(final_o[-1]["content"]).strip() not in ("", "…", "(no reply)")
@@ -90,3 +93,48 @@ def _text(content) -> str:
     if isinstance(content, dict):
         return str(content.get("text", ""))
     return str(content)
+
+
+@pytest.fixture(scope="module")
+def private_app(tmp_path_factory, tiny_model_dir, tiny_corpus):
+    """A dashboard as on a Space: every visitor sees only their own runs (LVQ_SHARED_RUNS=0)."""
+    root = tmp_path_factory.mktemp("e2e-private")
+    with dashboard(root / "runs", [tiny_model_dir], env={"LVQ_SHARED_RUNS": "0"}) as url:
+        yield url, root / "runs", tiny_model_dir, tiny_corpus
+
+
+def test_api_sessions_queue_and_keep_their_runs_apart(private_app):
+    """Two API clients (two sessions): the second's run waits in the queue with a position; each
+    sees only its own run; the other's cannot be opened, chatted with or deleted."""
+    from gradio_client.utils import Status
+
+    url, runs, model, corpus = private_app
+    one, two = Client(url, verbose=False), Client(url, verbose=False)
+    args = dict(model_name=str(model), corpus=UPLOAD, upload=handle_file(str(corpus)), seqlen=64,
+                eval_windows=2, api_name="/quantize")
+    slow = {"method": "glvq", "bits": 2.0, "group_size": 32, "dim": 8, "steps": 30}
+    job1 = one.submit(config=json.dumps(slow), n_windows=16, **args)
+    while job1.status().code not in (Status.PROCESSING, Status.PROGRESS, Status.ITERATING) and not job1.done():
+        time.sleep(0.05)
+    job2 = two.submit(config=json.dumps({"method": "rtn", "bits": 3, "group_size": 32}), n_windows=4, **args)
+    ranks, seen = set(), []
+    while not job1.done():
+        st = job2.status()
+        seen.append((st.code, st.rank))
+        if st.code == Status.IN_QUEUE and st.rank is not None:
+            ranks.add(st.rank)
+    assert ranks, f"the second run never waited in the queue: {seen[:3]} … {seen[-3:]}"
+    (status1, table1), (status2, table2) = job1.result(), job2.result()
+    assert "Run saved" in status1 and "Run saved" in status2
+    run1, run2 = (t["data"][0][0] for t in (table1, table2))
+    assert [r[0] for r in table1["data"]] == [run1] and [r[0] for r in table2["data"]] == [run2]
+    assert table1["data"][0][-1] == "yours"
+    other = str(runs / run1)
+    assert "not a saved run" in two.predict(run_dir=other, api_name="/bitalloc")[-1]
+    _o, q, *_ = two.predict(prompt="hi", run_dir=other, hist_o=[], hist_q=[], max_new_tokens=8,
+                            temperature=0.0, top_p=1.0, api_name="/chat")
+    assert "not a saved run" in _text(q[-1]["content"])
+    msg, *_ = two.predict(run_dir=other, api_name="/delete_run")
+    assert msg.startswith("❌") and (runs / run1).is_dir()
+    msg, *_ = one.predict(run_dir=other, api_name="/delete_run")
+    assert run1 in msg and not (runs / run1).exists()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pages import bitalloc, channels, chat, compare, figures, lattice, learn, quantize, runtable
+from pages import bitalloc, channels, chat, compare, figures, lattice, learn, quantize, runtable, sessions
 
 PAGES = [quantize, bitalloc, lattice, channels, compare, chat, learn]
 
@@ -17,6 +17,7 @@ PAGES = [quantize, bitalloc, lattice, channels, compare, chat, learn]
 @pytest.fixture(autouse=True)
 def _runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LVQ_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("LVQ_EXAMPLES_DIR", str(tmp_path / "examples"))
 
 
 @pytest.mark.parametrize("module", PAGES, ids=lambda m: m.__name__)
@@ -155,10 +156,11 @@ def test_upload_validation(tmp_path):
 
 def test_run_path_stays_inside_runs_root(tmp_path):
     (runtable.runs_root() / "r").mkdir()
-    assert runtable.run_path("r").endswith("/r")
-    for bad in ("..", str(tmp_path), "missing", None):
+    everyone = sessions.Viewer(owner=None, show_all=True)
+    assert runtable.run_path("r", everyone).endswith("/r")
+    for bad in ("..", str(tmp_path), "missing", None, str(runtable.runs_root() / "r" / "..")):
         with pytest.raises(ValueError):
-            runtable.run_path(bad)
+            runtable.run_path(bad, everyone)
 
 
 def test_lattice_group_view_reads_a_glvq_layer():
@@ -200,23 +202,62 @@ def test_chat_message_text_handles_gradio_parts():
         [{"role": "user", "content": "hi"}]
 
 
-def test_lattice_page_says_so_for_a_nearest_point_run(monkeypatch):
-    """An E8 / nearest-point layer has no Babai parallelograms to draw: the page says why."""
+def test_lattice_page_draws_a_nearest_point_group_as_vectors_and_points():
+    """An E8 / nearest-point layer has no Babai parallelograms: vectors joined to their decoded
+    points instead, and the note says why; a learned lattice gets its Babai cells."""
     import lvq
+    from lvq.bench import examples
 
     torch.manual_seed(0)
     W = torch.randn(16, 64)
     qw = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0,
                                                     lattice="E8", decoder="nearest"))
-    monkeypatch.setattr(lvq, "load_layer", lambda path, layer: qw)
-    monkeypatch.setattr(runtable, "run_path", lambda run: "/nowhere/" + run)
-    monkeypatch.setattr(lattice, "_original_weight", lambda run, layer: W)
-    figs = lattice.group_figures("r", "l", 1, 0, 1)
+    figs = lattice.draw_group(examples.group_data(qw, 1, W), "group 1", 0, 1)
     assert "nearest-point decoding" in figs[-1] and "E8" in figs[-1]
+    assert [t.name for t in figs[0].data] == ["quantization error", "decoded points", "weight vectors"]
+    assert "not rotated" in figs[4].layout.annotations[0].text
     learned = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0))
-    monkeypatch.setattr(lvq, "load_layer", lambda path, layer: learned)
-    figs = lattice.group_figures("r", "l", 1, 0, 1)
+    figs = lattice.draw_group(examples.group_data(learned, 1, W), "group 1", 0, 1)
     assert "Babai cells" in [t.name for t in figs[0].data]
+
+
+def test_decoded_points_are_what_the_layer_stores():
+    """group_data's codes decode (examples.decoded_points) to the stored weights, normalised, for
+    the Babai decoder and for a fixed codebook with nearest-point decoding."""
+    import lvq
+    from lvq.bench import examples
+
+    torch.manual_seed(0)
+    W = torch.randn(16, 64)
+    for cfg in (lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0),
+                lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0, lattice="E8P", decoder="nearest")):
+        qw = lvq.quantize_layer(W, None, cfg)
+        data = examples.group_data(qw, 1, W, max_vectors=10_000)
+        stored = (qw.dequantize()[:, 32:64] / qw.scales[:, 1:2].float()).reshape(-1, 8).numpy()
+        assert np.allclose(examples.decoded_points(data), stored, atol=1e-4), cfg.lattice
+        assert data["Y"].shape == data["Z"].shape == (16 * 32 // 8, 8) and data["before"] is None
+    sub = examples.group_data(qw, 0, W, max_vectors=7)
+    assert len(sub["Z"]) == 7 and sub["vectors_total"] == 64
+
+
+def test_lattice_page_shows_a_rotated_group_before_and_after():
+    import lvq
+    from lvq.bench import examples
+
+    torch.manual_seed(0)
+    W = torch.randn(32, 64)
+    W[:, 3] *= 20  # an outlier column: rotation spreads it
+    qw = lvq.quantize_layer(W, None, lvq.GLVQConfig(bits=2.0, group_size=32, dim=8, steps=0, incoherence=True,
+                                                    lattice="E8P", decoder="nearest"))
+    data = examples.group_data(qw, 0, W)
+    assert data["rotated"] and data["before"].shape == data["Y"].shape
+    assert figures.kurtosis(data["before"]) > figures.kurtosis(data["Y"])
+    figs = lattice.draw_group(data, "group 0", 0, 3)
+    assert [t.name for t in figs[4].data] == ["before rotation", "after rotation"]
+    assert "kurtosis" in figs[5].data[0].name and "Rotated layer" in figs[-1]
+    codes_only = examples.group_data(qw, 0, None)
+    assert codes_only["Y"] is None and codes_only["before"] is None
+    assert "original model unavailable" in lattice.draw_group(codes_only, "group 0", 0, 1)[4].layout.annotations[0].text
 
 
 def test_quantize_controls_cover_the_lattice_choice():
@@ -241,3 +282,49 @@ def test_channels_note_reports_block_finetuning():
 def test_quantize_controls_cover_crvq_finetuning():
     cfg = quantize.build_config(quantize.settings_dict("crvq", {"finetune": True, "finetune_steps": 12.0}))
     assert cfg.finetune is True and cfg.finetune_steps == 12
+
+
+def test_block_summary_and_layer_groups():
+    layers = pd.DataFrame({"layer": ["0.self_attn.q_proj", "0.mlp.down_proj", "1.self_attn.q_proj", "1.mlp.down_proj"],
+                           "block": [0, 0, 1, 1], "rel_error": [0.01, 0.1, 0.02, 0.2],
+                           "bits_per_weight": [2.05, 2.06, 2.05, 2.07]})
+    groups = pd.DataFrame({"layer": ["0.self_attn.q_proj"] * 2 + ["1.mlp.down_proj"], "group": [0, 1, 0],
+                           "col_start": [0, 96, 0], "col_stop": [96, 128, 64], "bits": [3, 1, 2],
+                           "salience": [1.0, 0.1, 0.5], "err_after": [0.1, 0.3, 0.2]})
+    summary = figures.layer_summary(layers, groups)
+    assert summary["code_bits"].iloc[0] == pytest.approx((96 * 3 + 32 * 1) / 128)
+    heat = figures.block_summary(summary, "relative error")
+    assert list(heat.data[0].x) == ["q_proj", "down_proj"] and list(heat.data[0].y) == ["0", "1"]
+    assert np.allclose(np.array(heat.data[0].z, dtype=float), np.log10([[0.01, 0.1], [0.02, 0.2]]))
+    bits = figures.block_summary(summary, "bits per weight (incl. overhead)")
+    assert np.array(bits.data[0].z, dtype=float)[1, 1] == pytest.approx(2.07)
+    drill = figures.layer_groups(groups, "0.self_attn.q_proj")
+    assert list(drill.data[0].y) == [3, 1] and drill.data[1].yaxis == "y2"
+    assert figures.layer_groups(groups, "nope").layout.annotations  # a message, not a crash
+
+
+def test_bit_allocation_note_explains_a_flat_allocation():
+    summary = pd.DataFrame({"layer": ["0.q"], "block": [0], "type": ["q"], "rel_error": [0.01],
+                            "bits_per_weight": [2.052], "code_bits": [2.0]})
+    flat = pd.DataFrame({"layer": ["0.q", "0.q"], "group": [0, 1], "bits": [2, 2]})
+    note = bitalloc.allocation_note({"method": "glvq", "bit_allocation": False, "lattice": "E8P"}, summary, flat)
+    assert "flat" in note and "bit allocation off" in note and "E8P" in note and "0.052 above" in note
+    moved = bitalloc.allocation_note({"method": "glvq", "bit_allocation": True}, summary,
+                                     flat.assign(bits=[1, 3]))
+    assert "1, 3 bits" in moved
+    assert "no per-group table" in bitalloc.allocation_note({"method": "gptq"}, summary, pd.DataFrame())
+
+
+def test_chat_speed_and_compute_path():
+    import lvq
+
+    t = chat.Timing(start=10.0, first=10.5, end=12.5)
+    assert chat.speed_text(41, t) == "**20.0 tokens/s** · 41 tokens · first token after 0.50 s (prompt prefill)"
+    assert chat.speed_text(0, t) == "no tokens generated"
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
+    assert chat.compute_path(model) == "float32 dense weights on cpu"
+    assert chat.resident_mb(model) == pytest.approx(64 * 16 * 4 / 1e6)
+    qw = lvq.quantize_layer(torch.randn(16, 64), None, lvq.RTNConfig(bits=3, group_size=32))
+    model[0] = lvq.QuantizedLinear(qw)
+    lvq.set_inference_mode(model, "packed")
+    assert chat.compute_path(model).startswith("packed: decode-free CPU kernels")

@@ -85,3 +85,32 @@ def test_rotated_run_saves_and_reloads(tiny_model_dir, tiny_corpus, tmp_path):
     assert bool(report.layers["stat_incoherence"].all())
     est = lvq.estimate_size(model2.config, cfg)
     assert est["bits_per_weight"] == pytest.approx(lvq.model_size(model2)["bits_per_weight"])
+
+
+def test_trainable_rotation_scales_are_counted_trained_and_reloaded():
+    from lvq.finetune import _is_trainable
+
+    W, H = _layer(out=32, inn=64)
+    cfg = lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8P", decoder="nearest",
+                         incoherence=True, train_rotation=True)
+    q = lvq.quantize_layer(W, H, cfg)
+    assert q.bit_breakdown()["rotation"] == 16 * (32 + 64)
+    assert lvq.methods.estimate_layer_bits(32, 64, cfg) == pytest.approx(q.bits_per_weight())
+    lin = lvq.QuantizedLinear(q, mode="train")
+    names = [n for n in lin.state_names if _is_trainable(n, lin.trainable)]
+    assert {"rot_in_scales", "rot_out_scales"} <= set(names)
+    for n in names:
+        setattr(lin, n, getattr(lin, n).float().requires_grad_(True))
+    x = torch.randn(4, 64)
+    y = lin(x)
+    assert torch.allclose(y, F.linear(x, q.dequantize()), atol=1e-4)
+    y.square().sum().backward()
+    assert lin.rot_in_scales.grad.abs().sum() > 0
+    with torch.no_grad():  # trained scales: the stored form decodes with them, kernel included
+        lin.rot_in_scales.mul_(1.1)
+    tensors = {n: getattr(lin, n).detach() for n in lin.state_names}
+    q2 = RotatedWeight.from_state(tensors, lin.meta)
+    assert q2.scales and not torch.allclose(q2.dequantize(), q.dequantize())
+    packed = lvq.QuantizedLinear(q2, mode="packed")  # stores the scales in fp16
+    with torch.no_grad():
+        assert torch.allclose(packed(x[:1]), F.linear(x[:1], packed.qweight().dequantize()), atol=1e-4)
