@@ -12,7 +12,7 @@ from . import Page, client_or_new, figures, runtable, texts, viewer
 
 FP_METHODS = ("fp", "fp16", "fp32", "bf16", "none")
 TABLE_COLUMNS = ["source", "label", "method", "bits_per_weight", "model_mb", "ppl", "ppl_fp",
-                 "seqlen", "windows", "quant_time_s", "peak_rss_mb"]
+                 "seqlen", "windows", "quant_time_s", "peak_rss_mb", "ppl_min", "ppl_max", "n_seeds"]
 SOURCES = ["benchmark table", "my runs"]
 SWEEP_COLUMNS = ["sweep", "swept"]  # a run's sweep name and grid point (JSON); empty otherwise
 GROUPS = ["method", "sweep"]

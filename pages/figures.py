@@ -431,9 +431,22 @@ def pareto_front(df: pd.DataFrame, x: str, y: str = "ppl") -> pd.DataFrame:
     return d.loc[keep]
 
 
+def _seed_range(g: pd.DataFrame) -> dict | None:
+    """Error bars from the median to the [min, max] over calibration seeds (benchmark rows with
+    ``ppl_min``/``ppl_max``); None when no row has a range."""
+    if "ppl_min" not in g or "ppl_max" not in g:
+        return None
+    lo = (g["ppl"] - pd.to_numeric(g["ppl_min"], errors="coerce")).clip(lower=0).fillna(0)
+    hi = (pd.to_numeric(g["ppl_max"], errors="coerce") - g["ppl"]).clip(lower=0).fillna(0)
+    if not (lo.gt(0).any() or hi.gt(0).any()):
+        return None
+    return dict(type="data", symmetric=False, array=hi.tolist(), arrayminus=lo.tolist(), thickness=1.5)
+
+
 def compare_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float | None = None,
                    log_y: bool = True) -> go.Figure:
-    """Perplexity against size: one colour per method, the Pareto front, and the fp reference."""
+    """Perplexity against size: one colour per method (error bars: the [min, max] over calibration
+    seeds of benchmark rows), the Pareto front, and the fp reference."""
     d = df.dropna(subset=[x, "ppl"]) if not df.empty else df
     if d.empty:
         return empty_figure("no runs with a perplexity yet: quantize a model or run `make bench`")
@@ -441,7 +454,7 @@ def compare_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float |
     for method, g in d.groupby(d["method"].astype(str), sort=True):
         labels = g["label"].astype(str) if "label" in g else g.index.astype(str)
         fig.add_trace(go.Scatter(
-            x=g[x], y=g["ppl"], mode="markers", name=method,
+            x=g[x], y=g["ppl"], mode="markers", name=method, error_y=_seed_range(g),
             marker=dict(size=10, color=METHOD_COLORS.get(method.lower())),
             text=labels, hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>ppl %{y:.2f}<extra>"
                                        + method + "</extra>"))

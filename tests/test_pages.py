@@ -96,6 +96,10 @@ def test_pareto_and_compare_figure():
     assert abs(fig.layout.annotations[0].y - np.log10(22.6)) < 1e-9 and "22.60" in fig.layout.annotations[0].text
     assert figures.compare_figure(df, ppl_fp=22.6, log_y=False).layout.annotations[0].y == 22.6
     assert figures.compare_figure(df.iloc[:0]).layout.annotations
+    assert all(t.error_y.array is None for t in fig.data)  # no seed ranges, no error bars
+    ranged = df.assign(ppl_min=[85.0, 38.0, 28.0, 35.0, 60.0], ppl_max=[95.0, 45.0, 30.0, 35.0, 60.0])
+    glvq = next(t for t in figures.compare_figure(ranged).data if t.name == "glvq")
+    assert list(glvq.error_y.arrayminus) == [2.0, 0.0] and list(glvq.error_y.array) == [0.0, 0.0]
 
 
 def test_preset_costs_come_from_the_bench_table():

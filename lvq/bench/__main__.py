@@ -18,7 +18,9 @@ import pandas as pd
 
 from ..errors import LvqError
 from ..sweep import make_executor
+from ..models import load_model
 from . import crvq, glvq, quality
+from .examples import folder_bytes, write_example
 from .entries import block_weights, fp_row, measure, runs_of, slug
 from .table import ASSETS, ROOT, append, markdown_table, write_markdown
 
@@ -119,6 +121,24 @@ def _entries(section: str, args) -> list[tuple[str, object, tuple[int, ...], int
             for label, cfg, s in base]
 
 
+# Report-only examples for the dashboard's first visit: (folder under assets/examples, bench label).
+EXAMPLES = (("glvq-paper-2bit", "GLVQ-8D 2 bpw (paper)"), ("glvq-2bit", "GLVQ 2 bpw (fast)"),
+            ("crvq-1bit", "CRVQ (quality)"))
+
+
+def _write_examples(only: set[str] | None) -> None:
+    """assets/examples/<name>/ from the benchmark's runs that exist (lvq/bench/examples.py)."""
+    original = None
+    for name, label in EXAMPLES:
+        run = ROOT / "runs" / "bench" / slug(label)
+        if (only and label not in only) or not (run / "run.json").is_file():
+            continue
+        if original is None:
+            original, _ = load_model("smollm2-135m")
+        dest = write_example(run, ROOT / "assets" / "examples" / name, original_model=original)
+        print(f"[examples] {label} -> {dest.relative_to(ROOT)} ({folder_bytes(dest) / 1e3:.0f} kB)", flush=True)
+
+
 def _decode_targets() -> list[tuple[str, str]]:
     """(label, target): fp32 and, per method, the first ~2 bpw benchmark run that exists."""
     wanted = [("GLVQ", "GLVQ 2 bpw (fast)"), ("GLVQ", "GLVQ 2 bpw (quality)"),
@@ -157,7 +177,7 @@ def _run_decode(only: set[str] | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lvq.bench")
-    ap.add_argument("--sections", default="model,ablation,calib,decode,gaussian,layers")
+    ap.add_argument("--sections", default="model,ablation,calib,decode,examples,gaussian,layers")
     ap.add_argument("--only", help="comma-separated labels to (re)run within the sections")
     ap.add_argument("--skip", help="comma-separated labels to leave as they are")
     ap.add_argument("--seeds", help="calibration seeds (default: each entry's own, 0,1,2 for most)")
@@ -204,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     write_markdown(cmdline, SECTIONS, PREFACE, _extras())
         elif section == "decode":
             _run_decode(only)
+        elif section == "examples":
+            _write_examples(only)
         elif section == "gaussian":
             glvq.gaussian_table(rows=args.gaussian_rows).to_csv(ASSETS / "gaussian_glvq.csv", index=False)
             crvq.gaussian_table(rows=args.gaussian_crvq_rows).to_csv(ASSETS / "gaussian_crvq.csv", index=False)
