@@ -107,7 +107,7 @@ def _run(args, cfg, out: Path, eval_fp: bool = True, quiet: bool = False) -> dic
     try:
         spec = JobSpec(model=args.model, method=cfg, out_dir=str(out), calib=_calib(args),
                        eval=EvalConfig(seqlen=args.seqlen, windows=args.eval_windows, reference=eval_fp),
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, embed_bits=getattr(args, "embed_bits", None))
     except ValueError as e:
         raise LvqError(str(e)) from None
     bar, cb = _progress_bar() if not quiet else (None, None)
@@ -125,9 +125,10 @@ def _run(args, cfg, out: Path, eval_fp: bool = True, quiet: bool = False) -> dic
 def _summary(m: dict[str, Any]) -> str:
     ppl = f"{m['ppl']:.2f}" if "ppl" in m else "-"
     fp = f" (fp: {m['ppl_fp']:.2f})" if "ppl_fp" in m else ""
+    emb = f", embeddings {m['embed_bits']}-bit" if m.get("embed_bits") else ""
     proto = (f"seqlen {m.get('eval_seqlen')}, {m.get('eval_windows')} windows of the evaluation part "
              f"of {m.get('eval_corpus')}")
-    return (f"{m['config']['method']}: {m['bits_per_weight']:.3f} bits/weight, {m['model_mb']:.1f} MB "
+    return (f"{m['config']['method']}: {m['bits_per_weight']:.3f} bits/weight{emb}, {m['model_mb']:.1f} MB "
             f"(fp16 {m['fp16_mb']:.1f} MB), perplexity {ppl}{fp} [{proto}], "
             f"{m['quant_time_s']:.0f} s, peak RAM {m['peak_rss_mb']:.0f} MB -> {m['run']}")
 
@@ -332,6 +333,8 @@ def parser() -> argparse.ArgumentParser:
     _add_quant_args(p)
     p.add_argument("--bits", type=float)
     p.add_argument("--config-json", help="a whole method config as JSON (as stored in run.json)")
+    p.add_argument("--embed-bits", type=int, choices=[4, 8],
+                   help="also quantize the input embedding and lm_head (RTN, 8 or 4 bits; default: kept in fp16)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_quantize)
 

@@ -1,11 +1,13 @@
 """Saved runs load in plain transformers: ``AutoModelForCausalLM.from_pretrained(run_dir)``.
 
 A run folder's ``config.json`` carries ``quantization_config = {"quant_method": "lvq", ...}``
-with every quantized linear's stored form (class, metadata, tensor shapes and dtypes). Through
+with every quantized linear's stored form (class, metadata, tensor shapes and dtypes), and those
+of a quantized embedding and lm_head under ``embeddings`` (lvq/qembedding.py). Through
 transformers' public registration API for custom quantizers (``register_quantization_config``,
 ``register_quantizer``), ``import lvq`` teaches transformers that method: before the weights are
 read, each listed ``nn.Linear`` is replaced by an empty ``QuantizedLinear`` whose buffers the
-checkpoint then fills, exactly as ``lvq.load_run`` rebuilds it. Without lvq imported, transformers
+checkpoint then fills, exactly as ``lvq.load_run`` rebuilds it (likewise the embedding; a tied
+lm_head shares its buffers again once the weights are in). Without lvq imported, transformers
 refuses the folder ("Unknown quantization type ... lvq") instead of loading random weights.
 
 ``register()`` runs once when lvq is imported (the one piece of work lvq does at import: the
@@ -22,6 +24,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .methods import weight_class
+from .qembedding import embedding_entries, install_quantized_embeddings, is_head, tie_heads, tied_head_keys
 from .qlinear import QuantizedLinear, set_inference_mode
 
 QUANT_METHOD = "lvq"
@@ -30,30 +33,32 @@ FORMAT = 1
 
 class LvqConfig(QuantizationConfigMixin):
     """The ``quantization_config`` of a saved run. layers: {module name: {"weight_cls", "meta",
-    "tensors": {state name: [shape, dtype]}, "bias": bool}}; method: the method config."""
+    "tensors": {state name: [shape, dtype]}, "bias": bool}}; method: the method config;
+    embeddings: the quantized embedding and lm_head (``lvq.qembedding.embedding_entries``)."""
 
     def __init__(self, layers: dict[str, Any] | None = None, method: dict[str, Any] | None = None,
-                 lvq_format: int = FORMAT, **kwargs: Any) -> None:
+                 lvq_format: int = FORMAT, embeddings: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self.quant_method = QUANT_METHOD
         self.layers = layers or {}
         self.method = method or {}
         self.lvq_format = lvq_format
+        self.embeddings = embeddings or {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"quant_method": QUANT_METHOD, "lvq_format": self.lvq_format, "method": self.method,
-                "layers": self.layers}
+                "layers": self.layers, **({"embeddings": self.embeddings} if self.embeddings else {})}
 
 
 def hf_quantization_config(model, method_config: dict[str, Any]) -> dict[str, Any]:
     """The ``quantization_config`` dict of a quantized model (written by ``lvq.save_run``)."""
     layers = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, QuantizedLinear):
+        if isinstance(mod, QuantizedLinear) and not is_head(mod):
             layers[name] = {"weight_cls": mod.weight_cls.__name__, "meta": mod.meta,
                             "bias": mod.bias is not None,
                             "tensors": {n: [list(getattr(mod, n).shape), str(getattr(mod, n).dtype).split(".")[-1]]
                                         for n in mod.state_names}}
-    return LvqConfig(layers=layers, method=method_config).to_dict()
+    return LvqConfig(layers=layers, method=method_config, embeddings=embedding_entries(model)).to_dict()
 
 
 def _empty_quantized_linear(entry: dict[str, Any]) -> QuantizedLinear:
@@ -77,12 +82,20 @@ class LvqHfQuantizer(HfQuantizer):
             parent, _, leaf = name.rpartition(".")
             with torch.device("cpu"):
                 setattr(model.get_submodule(parent) if parent else model, leaf, _empty_quantized_linear(entry))
-        # each quantized linear's one-byte "weight" guard (lvq/runs.py GUARD) is expected here
-        guards = {re.escape(f"{name}.weight") + "$" for name in self.quantization_config.layers}
+        embeddings = self.quantization_config.embeddings
+        with torch.device("cpu"):
+            install_quantized_embeddings(model, embeddings)  # also drops the ties into these modules
+        # each quantized module's one-byte "weight" guard (lvq/runs.py GUARD) is expected here
+        guards = {re.escape(f"{name}.weight") + "$" for name in [*self.quantization_config.layers, *embeddings]}
         model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
+        # a tied lm_head's tensors are saved once, under the embedding's name (tied after loading)
+        shared = {re.escape(k) + "$" for k in tied_head_keys(embeddings)}
+        if shared:
+            model._keys_to_ignore_on_load_missing = set(model._keys_to_ignore_on_load_missing or ()) | shared
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        tie_heads(model)
         device = next(model.parameters()).device
         set_inference_mode(model, "packed" if device.type == "cpu" else "dense")
         return model

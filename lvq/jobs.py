@@ -18,8 +18,8 @@ from .errors import Cancelled, LvqError
 from .eval import perplexity
 from .models import load_model
 from .pipeline import QuantizeResult, quantize_model
+from .qembedding import EMBED_BITS, quantize_embeddings, quantized_model_size
 from .qlinear import set_inference_mode
-from .eval import model_size
 from .runs import STORE_DTYPES, round_unquantized, save_run
 
 Progress = Callable[[int, int, str], None]  # (step, total, message); total = 0: no step count
@@ -48,7 +48,9 @@ class JobSpec:
     """Everything one run needs: model (bundled name, local folder or hub id), the method config,
     calibration and evaluation settings, and the run folder to write. ``sweep``: the sweep this
     run belongs to, ``{"name": str, "swept": {setting: value}}`` (JSON-safe), stored as the run's
-    ``metrics["sweep"]`` (lvq/sweep.py fills it; None for a single run)."""
+    ``metrics["sweep"]`` (lvq/sweep.py fills it; None for a single run). ``embed_bits``: 4 or 8
+    quantizes the input embedding and lm_head after the decoder blocks (lvq/qembedding.py,
+    RTN, groups of 64; a tied pair once); None keeps them at ``store_dtype``."""
 
     model: str
     method: Any
@@ -58,10 +60,15 @@ class JobSpec:
     overwrite: bool = False
     store_dtype: str = "fp16"
 
+    sweep: dict[str, Any] | None = None
+    embed_bits: int | None = None
+
     def __post_init__(self) -> None:
         if self.store_dtype not in STORE_DTYPES:
             raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
-    sweep: dict[str, Any] | None = None
+        if self.embed_bits is not None and (isinstance(self.embed_bits, bool) or self.embed_bits not in EMBED_BITS):
+            raise ValueError(f"embed_bits must be one of {', '.join(map(str, EMBED_BITS))} or None "
+                             f"(embeddings kept at {self.store_dtype}), got {self.embed_bits!r}")
 
 
 @dataclass
@@ -107,8 +114,12 @@ def run_job(spec: JobSpec, progress: Progress | None = None, cancel=None, *,
     result = quantize_model(model, tok, spec.method, calib=spec.calib, progress=progress,
                             cancel=cancel)
     result.model_name = spec.model
+    if spec.embed_bits is not None:
+        say(0, 0, f"quantizing the embeddings to {spec.embed_bits} bits…")
+        quantize_embeddings(model, spec.embed_bits)
+        result.metrics["embed_bits"] = spec.embed_bits
     round_unquantized(model, spec.store_dtype)  # what is saved is what gets evaluated
-    result.metrics.update(model_size(model, other_bits=STORE_DTYPES[spec.store_dtype].itemsize * 8))
+    result.metrics.update(quantized_model_size(model, other_bits=STORE_DTYPES[spec.store_dtype].itemsize * 8))
     if ev.windows:
         say(0, 0, "perplexity of the quantized model…")
         set_inference_mode(model, "dense")  # long windows: decode each layer once, not per batch

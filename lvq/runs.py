@@ -6,7 +6,8 @@ Layout of ``runs/<name>/``::
                         library versions, metrics, and for every quantized linear its method and
                         JSON metadata; written last
     model.safetensors   the quantized linears' stored tensors (packed codes, scales, lattices,
-                        codebooks, ...) and every unquantized tensor (fp32, for exact reloads)
+                        codebooks, ...), those of a quantized embedding/lm_head (lvq/qembedding.py)
+                        and every unquantized tensor (fp32, for exact reloads)
     config.json, tokenizer files   the Hugging Face model config and tokenizer
     report/*.csv        the per-layer report tables (for plots)
 
@@ -33,6 +34,8 @@ from safetensors.torch import load_file, save_file
 from .errors import LvqError
 from .hf import QUANT_METHOD, hf_quantization_config
 from .methods import get_method, weight_class
+from .qembedding import (QuantizedEmbedding, embedding_entries, install_quantized_embeddings, is_head,
+                         quantized_model_size, tie_heads)
 from .qlinear import QuantizedLinear, set_inference_mode
 from .report import Report
 from .version import __version__
@@ -70,17 +73,18 @@ def _json_safe(x: Any) -> Any:
 
 
 STORE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-# Every quantized linear also stores a one-byte "<name>.weight". transformers without lvq imported
-# ignores the unknown quantization method and would build plain linears with random weights; the
-# one-element "weight" makes it stop with a size-mismatch error instead. lvq skips these guards.
+# Every quantized linear (and quantized embedding or lm_head) also stores a one-byte "<name>.weight".
+# transformers without lvq imported ignores the unknown quantization method and would build plain
+# linears with random weights; the one-element "weight" makes it stop with a size-mismatch error
+# instead. lvq skips these guards.
 GUARD = "weight"
 
 
 def _unquantized_tensors(model) -> dict[str, torch.Tensor]:
-    """The model's saved tensors that are not a QuantizedLinear's stored form (embeddings, norms,
-    lm_head, biases), by state-dict name."""
-    quantized = {f"{name}.{n}" for name, mod in model.named_modules() if isinstance(mod, QuantizedLinear)
-                 for n in mod.state_names}
+    """The model's saved tensors that are not a quantized module's stored form (embeddings, norms,
+    lm_head unless quantized, biases), by state-dict name."""
+    quantized = {f"{name}.{n}" for name, mod in model.named_modules()
+                 if isinstance(mod, (QuantizedLinear, QuantizedEmbedding)) for n in mod.state_names}
     return {k: t for k, t in model.state_dict(keep_vars=True).items() if k not in quantized}
 
 
@@ -101,19 +105,23 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
 
     The quantized linears are stored as they are; every other float tensor (embeddings, norms,
     lm_head) in ``dtype`` ("fp16" by default, "bf16" or "fp32"), after rounding the model in
-    memory to those values (``round_unquantized``) so that the run reloads exactly.
+    memory to those values (``round_unquantized``) so that the run reloads exactly. Quantized
+    embeddings and lm_head (lvq/qembedding.py) are stored as they are, a tied pair once, and
+    described in run.json "embeddings"; the size metrics are recomputed for ``dtype``.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not overwrite:
         raise LvqError(f"{run_dir} already exists; choose another name or pass overwrite=True")
     model, tok = result.model, result.tokenizer
+    tie_heads(model)  # a tied lm_head moved to another device holds a copy: store the pair once
     round_unquantized(model, dtype)
+    embeddings = embedding_entries(model)
     unquantized = set(_unquantized_tensors(model))
     layers: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
     skip: set[str] = set()
     for name, mod in model.named_modules():
-        if isinstance(mod, QuantizedLinear):
+        if isinstance(mod, QuantizedLinear) and not is_head(mod):
             layers[name] = {"method": mod.method, "weight_cls": mod.weight_cls.__name__,
                             "meta": mod.meta, "bias": mod.bias is not None,
                             "state_names": mod.state_names}
@@ -130,8 +138,9 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
         if name in unquantized and t.is_floating_point():
             t = t.to(STORE_DTYPES[dtype])
         tensors[name] = t.contiguous()
-    for name in layers:  # see GUARD: transformers without lvq refuses the folder on these
+    for name in [*layers, *embeddings]:  # see GUARD: transformers without lvq refuses the folder on these
         tensors[f"{name}.{GUARD}"] = torch.zeros(1, dtype=torch.uint8)
+    sizes = quantized_model_size(model, other_bits=STORE_DTYPES[dtype].itemsize * 8)
     info = {
         "format": FORMAT, "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -139,10 +148,11 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
         "method": result.config.to_dict(),
         "calib": result.calib.to_dict(),
         "versions": _versions(),
-        "metrics": {**result.metrics, **(metrics or {})},
+        "metrics": {**result.metrics, **sizes, **(metrics or {})},
         "tied": sorted(skip),
         "storage": {"unquantized_dtype": dtype},
         "layers": layers,
+        **({"embeddings": embeddings} if embeddings else {}),
     }
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
@@ -232,6 +242,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
+    tie_heads(model)  # the move copied a tied lm_head's buffers: share them again
     set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
@@ -265,7 +276,13 @@ def _load_by_hand(run_dir: Path, info: dict[str, Any], config):
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise LvqError(f"{run_dir}/model.safetensors cannot be read ({e})") from None
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # buffers such as RoPE's
-    quantized_keys: set[str] = set()
+    embeddings = info.get("embeddings", {})
+    for name in embeddings:
+        tensors.pop(f"{name}.{GUARD}", None)
+    try:
+        quantized_keys = install_quantized_embeddings(model, embeddings, tensors)
+    except LvqError as e:
+        raise LvqError(f"{run_dir} is corrupt: {e}") from None
     for name, entry in info["layers"].items():
         cls = _weight_cls(entry)
         keys = [f"{name}.{n}" for n in entry["state_names"]] + ([f"{name}.bias"] if entry["bias"] else [])
@@ -285,7 +302,8 @@ def _load_by_hand(run_dir: Path, info: dict[str, Any], config):
     missing = [k for k in missing if k not in tied and k not in quantized_keys]
     if unexpected or missing:
         raise LvqError(f"{run_dir} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.tie_weights()
+    model.tie_weights()  # transformers' own ties (those into quantized modules were dropped)
+    tie_heads(model)
     return model
 
 
@@ -317,12 +335,16 @@ def load_layer(run_dir: str | Path, layer: str):
 
 # The metrics schema of a saved run (run.json "metrics"): name -> meaning.
 METRICS: dict[str, str] = {
-    "bits_per_weight": "stored bits of the quantized linears / their weights (all overhead counted)",
-    "model_mb": "model size in MB: quantized linears at their real bits, other tensors at the run's storage dtype",
+    "bits_per_weight": "stored bits of the decoder blocks' quantized linears / their weights (all overhead "
+                       "counted; a quantized embedding/lm_head is not included)",
+    "model_mb": "model size in MB: quantized linears (and quantized embeddings/lm_head) at their real bits, "
+                "other tensors at the run's storage dtype",
     "file_mb": "size of the run's weight file (model.safetensors) in MB",
     "fp16_mb": "the same model with every tensor at 16 bits (the reference size)",
     "quantized_params": "weights in the quantized linears",
     "n_quantized_layers": "number of quantized linears",
+    "embed_bits": "bits of the quantized input embedding and lm_head codes (lvq/qembedding.py; absent: "
+                  "stored at the run's storage dtype)",
     "quant_time_s": "seconds of quantize_model (calibration, quantization, fine-tuning)",
     "peak_rss_mb": "peak resident memory sampled during quantize_model, MB",
     "process_peak_rss_mb": "peak resident memory of the whole job's process, MB",

@@ -123,7 +123,7 @@ def _entries(section: str, args) -> list[tuple[str, object, tuple[int, ...], int
 
 # Report-only examples for the dashboard's first visit: (folder under assets/examples, bench label).
 EXAMPLES = (("glvq-paper-2bit", "GLVQ-8D 2 bpw (paper)"), ("glvq-2bit", "GLVQ 2 bpw (fast)"),
-            ("crvq-1bit", "CRVQ (quality)"))
+            ("crvq-1bit", "CRVQ (quality)"), ("gptq-3bit", "GPTQ 3-bit g128"))
 
 
 def _write_examples(only: set[str] | None) -> None:
