@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD = "upload a .txt file"
 GROUPS = [32, 64, 128, 256, 512]
+EMBED_CHOICES = [("fp16 (not quantized)", 0), ("8-bit", 8), ("4-bit", 4)]
 
 # (field, widget, options, one-line help) per method; defaults come from the config class.
 CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
@@ -257,10 +258,11 @@ def _protocol(spec: JobSpec) -> str:
 
 
 def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_windows: float,
-                     seqlen: float, eval_windows: float, share: bool = False, client_id: Any = None,
-                     request: gr.Request = None, progress=gr.Progress()):
+                     seqlen: float, eval_windows: float, share: bool = False, embed_bits: Any = 0,
+                     client_id: Any = None, request: gr.Request = None, progress=gr.Progress()):
     """Stream (status, run table) while a run goes on in a worker thread. The run belongs to the
-    visitor ``client_id`` (else the request's session); ``share`` shows it to other visitors."""
+    visitor ``client_id`` (else the request's session); ``share`` shows it to other visitors;
+    ``embed_bits`` 8 or 4 quantizes the embedding and lm_head too (0: kept in fp16)."""
     table = gr.update()
     who = viewer(client_id, request)
     try:
@@ -272,7 +274,8 @@ def run_quantization(model_name: str, config: str, corpus: str, upload: Any, n_w
         name = str(model_name).strip()
         spec = JobSpec(model=name, method=cfg, calib=calib,
                        eval=EvalConfig(seqlen=int(seqlen), windows=int(eval_windows)),
-                       out_dir=str(runtable.new_run_dir(name, cfg.method, getattr(cfg, "bits", None))))
+                       out_dir=str(runtable.new_run_dir(name, cfg.method, getattr(cfg, "bits", None))),
+                       embed_bits=int(embed_bits) if embed_bits else None)
     except ValueError as e:
         gr.Warning(str(e))
         yield f"❌ {e}", table
@@ -365,6 +368,8 @@ def build(client: gr.BrowserState | None = None) -> Page:
                                  info="for calibration and evaluation windows")
             eval_windows = gr.Slider(0, 64, value=8, step=1, label="Evaluation windows", elem_id="eval-windows",
                                      info="perplexity before/after on the disjoint evaluation text (0 = skip)")
+            embed = gr.Dropdown(EMBED_CHOICES, value=0, label="Embedding and lm_head", elem_id="embed-bits",
+                                info="kept in fp16, or quantized too (RTN per row; counted in the model size)")
             gr.Markdown(texts.CALIB_HELP)
     estimate = gr.Markdown(elem_id="estimate")
     with gr.Accordion("Config that will run (JSON; the `quantize` API takes this)", open=False):
@@ -423,7 +428,7 @@ def build(client: gr.BrowserState | None = None) -> Page:
     run.click(describe, [model, method, *flat_widgets], [config, estimate], queue=False,
               api_name=False).then(
         cache.gpu(run_quantization, cache.quantize_seconds),
-        [model, config, corpus, upload, n_windows, seqlen, eval_windows, share, client],
+        [model, config, corpus, upload, n_windows, seqlen, eval_windows, share, embed, client],
         [status, runs.table], api_name="quantize", concurrency_limit=1, concurrency_id="heavy").then(
         runs.after_run, [runs.mine, client], [runs.mine, runs.shared], api_name=False)
     cancel.click(cancel_run, None, status, queue=False, api_name="cancel")

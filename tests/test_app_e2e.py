@@ -138,3 +138,14 @@ def test_api_sessions_queue_and_keep_their_runs_apart(private_app):
     assert msg.startswith("❌") and (runs / run1).is_dir()
     msg, *_ = one.predict(run_dir=other, api_name="/delete_run")
     assert run1 in msg and not (runs / run1).exists()
+
+
+def test_quantize_with_8bit_embeddings_from_the_dashboard(app):
+    client, runs, model, corpus = app
+    status, table = client.predict(model_name=str(model), config=json.dumps({"method": "rtn", "bits": 3, "group_size": 32}),
+                                   corpus=UPLOAD, upload=handle_file(str(corpus)), n_windows=4, seqlen=64,
+                                   eval_windows=2, embed_bits=8, api_name="/quantize")
+    assert "Run saved" in status, status
+    name = status.split("Run saved:")[1].split()[0].strip("`").rsplit("/", 1)[-1]
+    info = json.loads((runs / name / "run.json").read_text())
+    assert info["metrics"]["embed_bits"] == 8
