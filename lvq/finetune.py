@@ -78,11 +78,8 @@ def _train_block(block, params, inputs, targets, block_kwargs, steps, lr, train_
         with torch.no_grad():
             return sum(float(window_loss(i)) for i in val_idx) / len(val_idx)
 
-    def snapshot() -> list[torch.Tensor]:
-        return [p.detach().clone() for p in params]
-
-    before = best = val_loss()
-    best_state, best_step, stale, done = snapshot(), 0, 0, 0
+    before = val_loss()
+    best, done = _Best(params, before), 0
     for step in range(1, steps + 1):
         for i in train_idx:
             opt.zero_grad(set_to_none=True)
@@ -92,16 +89,32 @@ def _train_block(block, params, inputs, targets, block_kwargs, steps, lr, train_
         cur = val_loss()
         if progress is not None:
             progress(step, steps, f"block fine-tuning: held-out loss {cur:.4g}")
-        if cur < best:
-            best, best_state, best_step, stale = cur, snapshot(), step, 0
-        else:
-            stale += 1
-            if stale >= PATIENCE:
-                break
-    with torch.no_grad():
-        for p, v in zip(params, best_state):
-            p.copy_(v)
-    return {"val_before": before, "val_after": best, "best_step": best_step, "steps_run": done}
+        if best.stop_after(cur, step):
+            break
+    best.restore()
+    return {"val_before": before, "val_after": best.value, "best_step": best.step, "steps_run": done}
+
+
+class _Best:
+    """Early stopping: the best held-out value so far with its parameters' values and step; stop
+    after PATIENCE evaluations without a gain; ``restore`` puts the best values back."""
+
+    def __init__(self, params: list[torch.Tensor], value: float) -> None:
+        self.params, self.value, self.step, self.stale = params, value, 0, 0
+        self.state = [p.detach().clone() for p in params]
+
+    def stop_after(self, value: float, step: int) -> bool:
+        if value < self.value:
+            self.value, self.step, self.stale = value, step, 0
+            self.state = [p.detach().clone() for p in self.params]
+            return False
+        self.stale += 1
+        return self.stale >= PATIENCE
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, v in zip(self.params, self.state):
+                p.copy_(v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,9 +185,9 @@ def finetune_model(model: nn.Module, windows: torch.Tensor, targets: TeacherTarg
 
     with _trainable(model) as params:
         opt = torch.optim.Adam(params, lr=lr)
-        before = best = held_out()
+        before = held_out()
         curve = [{"step": 0, "heldout_kl": before}]
-        best_state, best_step, stale, done = [p.detach().clone() for p in params], 0, 0, 0
+        best, done = _Best(params, before), 0
         for step in range(1, steps + 1):
             if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
                 break
@@ -188,16 +201,10 @@ def finetune_model(model: nn.Module, windows: torch.Tensor, targets: TeacherTarg
             curve.append({"step": step, "heldout_kl": cur})
             if progress is not None:
                 progress(step, steps, f"end-to-end fine-tuning: held-out KL {cur:.4g}")
-            if cur < best:
-                best, best_state, best_step, stale = cur, [p.detach().clone() for p in params], step, 0
-            else:
-                stale += 1
-                if stale >= PATIENCE:
-                    break
-        with torch.no_grad():
-            for p, v in zip(params, best_state):
-                p.copy_(v)
-    return {"kl_before": before, "kl_after": best, "best_step": best_step, "steps_run": done,
+            if best.stop_after(cur, step):
+                break
+        best.restore()
+    return {"kl_before": before, "kl_after": best.value, "best_step": best.step, "steps_run": done,
             "curve": curve}
 
 

@@ -166,16 +166,22 @@ def save_run(result, run_dir: str | Path, metrics: dict[str, Any] | None = None,
         tok.save_pretrained(tmp)
         result.report.save(tmp / "report")
         (tmp / "run.json").write_text(json.dumps(_json_safe(info), indent=2))
-        if run_dir.exists():
-            old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-            os.replace(run_dir, old)
-            os.replace(tmp, run_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, run_dir)
+        replace_folder(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return run_dir
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Move the finished folder ``tmp`` to ``dest`` (same file system), replacing what was there:
+    readers see the old folder or the new one, never a half-written one."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:

@@ -461,15 +461,19 @@ def compare_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float |
     front = pareto_front(d, x)
     fig.add_trace(go.Scatter(x=front[x], y=front["ppl"], mode="lines", name="Pareto front",
                              line=dict(color="#333", dash="dash", shape="hv"), hoverinfo="skip"))
+    return _size_axes(fig, x, ppl_fp, log_y, "Perplexity vs size (lower-left is better)")
+
+
+def _size_axes(fig: go.Figure, x: str, ppl_fp: float | None, log_y: bool, title: str) -> go.Figure:
+    """The fp reference line with its label, axis titles and scales of a perplexity-vs-size plot."""
     if ppl_fp is not None and np.isfinite(ppl_fp):
         fig.add_hline(y=ppl_fp, line=dict(color="#444", dash="dot"))
         # Annotations on a log axis take log10(y) (shapes take y): the label must not stretch the axis.
         fig.add_annotation(x=1, xref="paper", xanchor="right", yanchor="top", showarrow=False,
                            y=float(np.log10(ppl_fp)) if log_y else ppl_fp, text=f"fp32 {ppl_fp:.2f}")
     titles = {"bits_per_weight": "bits per weight (all overhead counted)", "model_mb": "model size (MB)"}
-    fig.update_layout(**{**_LAYOUT, "height": 480}, title="Perplexity vs size (lower-left is better)",
-                      xaxis_title=titles.get(x, x), yaxis_title="perplexity",
-                      yaxis_type="log" if log_y else "linear")
+    fig.update_layout(**{**_LAYOUT, "height": 480}, title=title, xaxis_title=titles.get(x, x),
+                      yaxis_title="perplexity", yaxis_type="log" if log_y else "linear")
     return fig
 
 
@@ -526,13 +530,4 @@ def sweep_figure(df: pd.DataFrame, x: str = "bits_per_weight", ppl_fp: float | N
         fig.add_trace(go.Scatter(x=rows[x], y=rows["ppl"], mode="lines+markers", name=label, text=text,
                                  marker=dict(size=9),
                                  hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>ppl %{y:.2f}<extra></extra>"))
-    if ppl_fp is not None and np.isfinite(ppl_fp):
-        fig.add_hline(y=ppl_fp, line=dict(color="#444", dash="dot"))
-        # On a log axis an annotation's y is log10(y) (as in compare_figure).
-        fig.add_annotation(x=1, xref="paper", xanchor="right", yanchor="top", showarrow=False,
-                           y=float(np.log10(ppl_fp)) if log_y else ppl_fp, text=f"fp32 {ppl_fp:.2f}")
-    titles = {"bits_per_weight": "bits per weight (all overhead counted)", "model_mb": "model size (MB)"}
-    fig.update_layout(**{**_LAYOUT, "height": 480}, title="Perplexity vs size, one line per sweep",
-                      xaxis_title=titles.get(x, x), yaxis_title="perplexity",
-                      yaxis_type="log" if log_y else "linear")
-    return fig
+    return _size_axes(fig, x, ppl_fp, log_y, "Perplexity vs size, one line per sweep")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..glvq_weight import Codec, GLVQWeight
 from ..models import load_model
 from ..rotated_weight import RotatedWeight
 from ..rotation import rotate_weight
-from ..runs import load_layer, read_run_info
+from ..runs import load_layer, read_run_info, replace_folder
 
 MAX_VECTORS = 512            # vectors per group in a view (evenly spaced over the group)
 VIEW_GROUPS = 2              # groups per layer in an example's view
@@ -265,13 +264,7 @@ def write_example(run_dir: str | Path, dest: str | Path, original_model=None) ->
         for name, text in tables.items():
             (tmp / "report" / f"{name}.csv").write_text(text)
         (tmp / "run.json").write_text(json.dumps(out, indent=1))
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        replace_folder(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
