@@ -183,7 +183,7 @@ def finetune_model(model: nn.Module, windows: torch.Tensor, targets: TeacherTarg
         with torch.no_grad():
             return sum(float(kl_of(i)) for i in val_idx) / len(val_idx)
 
-    with _trainable(model) as params:
+    with _trainable(model) as params, _block_checkpointing(model):
         opt = torch.optim.Adam(params, lr=lr)
         before = held_out()
         curve = [{"step": 0, "heldout_kl": before}]
@@ -206,6 +206,32 @@ def finetune_model(model: nn.Module, windows: torch.Tensor, targets: TeacherTarg
         best.restore()
     return {"kl_before": before, "kl_after": best.value, "best_step": best.step, "steps_run": done,
             "curve": curve}
+
+
+@contextmanager
+def _block_checkpointing(model: nn.Module):
+    """Within: each decoder block keeps only its input for the backward pass and recomputes the
+    rest (transformers' activation checkpointing, non-reentrant), so training holds about one
+    block's activations and rebuilt weights instead of all of them, for about one more forward
+    per step; gradients are the same. Only the blocks are flagged as training (checkpointing
+    needs it), never their submodules, so no dropout switches on. Models without the support
+    train as they are."""
+    blocks = [m for m in model.modules() if getattr(type(m), "gradient_checkpointing", None) is False]
+    if not blocks or not getattr(model, "supports_gradient_checkpointing", False):
+        yield
+        return
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    flags = [b.training for b in blocks]
+    for b in blocks:
+        b.training = True
+    try:
+        yield
+    finally:
+        for b, flag in zip(blocks, flags):
+            b.training = flag
+        model.activation_checkpointing_disable()
+        if hasattr(model, "_require_grads_hook"):  # the input hook enable() adds for reentrant ones
+            model.disable_input_require_grads()
 
 
 @contextmanager

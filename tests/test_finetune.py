@@ -93,3 +93,37 @@ def test_end_to_end_finetuning_lowers_the_kl_to_the_original(tiny_model_dir, tin
     # the model keeps its stored dtypes and its inference mode after training
     lin = model.model.layers[0].mlp.down_proj
     assert lin.scale.dtype == torch.float16 and not lin.scale.requires_grad and lin.mode == "decode"
+
+
+def test_block_checkpointing_gives_the_same_gradients_and_cleans_up(tiny_model_dir):
+    """End-to-end training recomputes each block in the backward pass (memory of one block's
+    activations): the gradients equal those without it, and nothing stays switched on after."""
+    import lvq
+    from lvq.finetune import _block_checkpointing, _kl_to_teacher, _trainable, teacher_targets
+
+    torch.manual_seed(0)
+    model, _ = lvq.load_model(str(tiny_model_dir))
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    targets = teacher_targets(model, ids, k=8)
+    for layer in model.model.layers:
+        for name in ("q_proj", "o_proj"):
+            parent = layer.self_attn
+            lin = getattr(parent, name)
+            setattr(parent, name, QuantizedLinear(quantize_rtn(lin.weight.detach(), None, RTNConfig(bits=2, group_size=16))))
+    grads = []
+    for checkpointed in (False, True):
+        with _trainable(model) as params:
+            if checkpointed:
+                with _block_checkpointing(model):
+                    assert model.model.layers[0].gradient_checkpointing and model.model.layers[0].training
+                    assert not model.model.layers[0].self_attn.training  # no dropout anywhere
+                    _kl_to_teacher(model, ids, targets.idx, targets.prob).backward()
+            else:
+                _kl_to_teacher(model, ids, targets.idx, targets.prob).backward()
+            grads.append([p.grad.clone() for p in params])
+            for p in params:
+                p.grad = None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not model.model.layers[0].gradient_checkpointing and not model.model.layers[0].training
+    assert not hasattr(model, "_require_grads_hook")

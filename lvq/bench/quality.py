@@ -50,7 +50,8 @@ def levers() -> list[Entry]:
     return [
         ("GLVQ quality", g, SEEDS),
         ("GLVQ quality − end-to-end fine-tuning", g.replace(e2e_steps=0), SEEDS),
-        ("GLVQ quality − block fine-tuning", g.replace(finetune=False), SEEDS),
+        ("GLVQ quality + block fine-tuning", g.replace(finetune=True, finetune_steps=8), SEEDS),
+        ("GLVQ quality + trained rotation signs", g.replace(train_rotation=True), SEEDS),
         ("GLVQ quality − incoherence", g.replace(incoherence=False), SEEDS),
         ("GLVQ quality − E8P (E8 box code)", g.replace(lattice="E8"), SEEDS),
         ("CRVQ quality", c, SEEDS),
