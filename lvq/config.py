@@ -34,7 +34,9 @@ class ConfigBase:
     reproduce the original block's outputs, up to ``finetune_steps`` passes at ``finetune_lr``
     (lvq/finetune.py). e2e_steps > 0: afterwards, train the whole model's continuous parameters
     to match the original model's next-token distribution (KL), ``e2e_steps`` optimizer steps at
-    ``e2e_lr``, with early stopping on held-out windows.
+    ``e2e_lr``, with early stopping on held-out windows; ``e2e_chat`` more windows of chat-template
+    conversations built from the calibration text (lvq/data.py ``chat_windows``) join its data, so
+    that the model also keeps the original's behaviour where a chat reply starts.
     """
 
     incoherence: bool = False
@@ -45,17 +47,19 @@ class ConfigBase:
     finetune_lr: float = 1e-4
     e2e_steps: int = 0
     e2e_lr: float = 1e-5
+    e2e_chat: int = 0
 
     method: ClassVar[str] = ""
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
-        for name in ("rotation_seed", "finetune_steps", "e2e_steps"):
+        for name in ("rotation_seed", "finetune_steps", "e2e_steps", "e2e_chat"):
             _check_int(name, getattr(self, name))
         _check_range("finetune_steps", self.finetune_steps, 0, 100_000)
         _check_range("finetune_lr", self.finetune_lr, 0.0, 1.0)
         _check_range("e2e_steps", self.e2e_steps, 0, 1_000_000)
         _check_range("e2e_lr", self.e2e_lr, 0.0, 1.0)
+        _check_range("e2e_chat", self.e2e_chat, 0, 100_000)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -201,3 +201,39 @@ def calibration_windows(tokenizer, text: str, n: int, seqlen: int, seed: int = 0
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(slots, generator=g)[:n].sort().values
     return windows[pick].clone()
+
+
+# Requests that turn a paragraph of calibration text into one chat exchange (chat_windows).
+CHAT_REQUESTS = ("Continue this text: {head}", "Tell me more about this: {head}",
+                 "What comes next? {head}", "Go on from here: {head}")
+CHAT_HEAD_WORDS = 24  # words of a paragraph in the request; the rest is the assistant's reply
+
+
+def chat_windows(tokenizer, text: str, n: int, seqlen: int, seed: int = 0) -> torch.Tensor | None:
+    """``n`` windows [n, seqlen] of multi-turn conversations through the tokenizer's chat
+    template, built from ``text``'s paragraphs (seeded order): the user asks to continue a
+    paragraph's first words (``CHAT_REQUESTS``), the assistant's turn is the rest of it; turns
+    are added until the window is full, then it is cut at ``seqlen``. Used by end-to-end
+    fine-tuning so that the quantized model also matches the original where a chat reply starts.
+    None when the tokenizer has no chat template."""
+    if n <= 0 or not getattr(tokenizer, "chat_template", None):
+        return None
+    paras = [p.split() for p in re.split(r"\n\s*\n|\n", text)]
+    paras = [w for w in paras if len(w) >= 2 * CHAT_HEAD_WORDS]
+    if not paras:
+        raise LvqError("the calibration text has no paragraph long enough for chat windows "
+                       f"({2 * CHAT_HEAD_WORDS} words or more)")
+    order = torch.randperm(len(paras), generator=torch.Generator().manual_seed(seed)).tolist()
+    out, k = [], 0
+    for _ in range(n):
+        messages: list[dict[str, str]] = []
+        ids: list[int] = []
+        while len(ids) < seqlen:
+            words = paras[order[k % len(order)]]
+            request = CHAT_REQUESTS[k % len(CHAT_REQUESTS)].format(head=" ".join(words[:CHAT_HEAD_WORDS]))
+            messages += [{"role": "user", "content": request},
+                         {"role": "assistant", "content": " ".join(words[CHAT_HEAD_WORDS:])}]
+            ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+            k += 1
+        out.append(torch.tensor(ids[:seqlen], dtype=torch.long))
+    return torch.stack(out)

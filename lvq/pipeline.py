@@ -28,7 +28,7 @@ from torch import nn
 from .calibration import (capture_block_inputs, decoder_blocks, linear_stages, quantizable_linears,
                           run_block, stage_hessian)
 from .config import CalibConfig
-from .data import calibration_text, calibration_windows
+from .data import calibration_text, calibration_windows, chat_windows
 from .errors import Cancelled
 from .eval import check_seqlen, model_size
 from .finetune import finetune_block, finetune_model, teacher_targets
@@ -96,6 +96,16 @@ def _decode_once(block: nn.Module):
             m.set_mode(mode)
 
 
+def _with_chat(windows: torch.Tensor, chat: torch.Tensor | None) -> torch.Tensor:
+    """Calibration windows [n, T] and chat windows [m, T] -> [n + m, T], each kind spread evenly
+    over the whole order, so that the held-out tail of fine-tuning's windows holds some of each."""
+    if chat is None or not len(chat):
+        return windows
+    both = torch.cat([windows, chat])
+    place = torch.cat([(torch.arange(len(w), dtype=torch.float64) + 0.5) / len(w) for w in (windows, chat)])
+    return both[torch.argsort(place, stable=True)]
+
+
 def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None = None,
                    progress: Progress | None = None, cancel=None,
                    device: str | torch.device | None = None) -> QuantizeResult:
@@ -126,10 +136,11 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
     try:
         if dev != home:
             model.to(dev)
-        teacher = None
+        teacher = e2e_windows = None
         if cfg.e2e_steps:
             progress(0, total, "the original model's next-token distribution (for end-to-end fine-tuning)")
-            teacher = teacher_targets(model, windows, batch_size=calib.batch_size)
+            e2e_windows = _with_chat(windows, chat_windows(tokenizer, text, cfg.e2e_chat, calib.seqlen, calib.seed))
+            teacher = teacher_targets(model, e2e_windows, batch_size=calib.batch_size)
         progress(0, total, f"capturing inputs of block 1/{len(blocks)}")
         inputs = capture_block_inputs(model, windows, calib.batch_size, dev)
         if dev != home:
@@ -188,7 +199,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
         if teacher is not None:
             del inputs
             model.to(dev)
-            e2e = finetune_model(model, windows, teacher, cfg.e2e_steps, cfg.e2e_lr, progress, cancel)
+            e2e = finetune_model(model, e2e_windows, teacher, cfg.e2e_steps, cfg.e2e_lr, progress, cancel)
             model.to(home)
             if _is_cancelled(cancel):
                 raise Cancelled("cancelled during end-to-end fine-tuning")

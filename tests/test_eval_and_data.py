@@ -74,3 +74,26 @@ def test_bundled_corpus_split_is_disjoint():
     cal_titles = {p.split("\n", 1)[0] for p in cal.split("\n\n") if p}
     assert ev.startswith("Alabama") and "Alabama" not in cal_titles
     assert "'''" not in cal and "[[" not in cal  # wiki markup removed
+
+
+def test_chat_windows_are_conversations_cut_to_length(tiny_model_dir):
+    """Chat windows follow the tokenizer's chat template; none without a template; seeded."""
+    from transformers import AutoTokenizer
+
+    from lvq.data import chat_windows
+    from lvq.pipeline import _with_chat
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    text = "\n\n".join(" ".join(f"w{i}_{j}" for j in range(60)) for i in range(10))
+    if not getattr(tok, "chat_template", None):
+        assert chat_windows(tok, text, 2, 64) is None
+        tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                             "{% if add_generation_prompt %}<assistant>{% endif %}")
+    W = chat_windows(tok, text, 3, 64, seed=1)
+    assert W.shape == (3, 64) and torch.equal(W, chat_windows(tok, text, 3, 64, seed=1))
+    assert chat_windows(tok, text, 0, 64) is None
+    with pytest.raises(lvq.LvqError, match="paragraph long enough"):
+        chat_windows(tok, "too short", 1, 64)
+    plain = torch.zeros(4, 64, dtype=torch.long)
+    mixed = _with_chat(plain, W)
+    assert mixed.shape == (7, 64) and torch.equal(mixed[-2:], torch.stack([W[2], plain[3]]))
