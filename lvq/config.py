@@ -204,15 +204,16 @@ class GLVQConfig(ConfigBase):
     # bit allocation) plus our error feedback. "fast" and "quality" use what measured best here
     # (docs/algorithms.md, BENCHMARKS.md): incoherence processing, the E8P codebook with exact
     # nearest-point encoding and per-slice error feedback, one scale per row and 512 columns;
-    # "quality" adds end-to-end fine-tuning of the continuous parameters (block fine-tuning
-    # gained too little for its time here; docs/algorithms.md, "Fine-tuning").
+    # "quality" adds end-to-end fine-tuning of the continuous parameters on the calibration
+    # windows plus 16 chat-template conversations (block fine-tuning gained too little for its
+    # time here; docs/algorithms.md, "Fine-tuning").
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"steps": 30},
         "fast": {"incoherence": True, "lattice": "E8P", "decoder": "nearest", "steps": 0,
                  "companding": False, "bit_allocation": False, "group_size": 512},
         "quality": {"incoherence": True, "lattice": "E8P", "decoder": "nearest", "steps": 0,
                     "companding": False, "bit_allocation": False, "group_size": 512,
-                    "e2e_steps": 128, "e2e_lr": 3e-4},
+                    "e2e_steps": 128, "e2e_lr": 3e-4, "e2e_chat": 16},
     }
 
     def __post_init__(self) -> None:
