@@ -20,6 +20,7 @@ from ..errors import LvqError
 from ..sweep import make_executor
 from ..models import load_model
 from . import crvq, glvq, quality
+from .decode import with_quantized_embeddings
 from .examples import folder_bytes, write_example
 from .entries import block_weights, fp_row, measure, runs_of, slug
 from .table import ASSETS, ROOT, append, markdown_table, write_markdown
@@ -141,7 +142,8 @@ def _write_examples(only: set[str] | None) -> None:
 
 def _decode_targets() -> list[tuple[str, str]]:
     """(label, target): fp32 and, per method, the first ~2 bpw benchmark run that exists."""
-    wanted = [("GLVQ", "GLVQ 2 bpw (fast)"), ("GLVQ", "GLVQ 2 bpw (quality)"),
+    wanted = [("GLVQ", "GLVQ 2 bpw (fast)"), ("GLVQ", "GLVQ 2 bpw (fast) + 8-bit embeddings"),
+              ("GLVQ", "GLVQ 2 bpw (quality)"),
               ("CRVQ", "CRVQ (quality)"), ("AQLM", "AQLM 2x8 d8 (quality)"),
               ("GPTQ", "GPTQ 2-bit g128"), ("RTN", "RTN 2-bit g128")]
     out = [("fp32 (reference)", "smollm2-135m")]
@@ -153,6 +155,9 @@ def _decode_targets() -> list[tuple[str, str]]:
 
 
 def _run_decode(only: set[str] | None) -> None:
+    fast = ROOT / "runs" / "bench" / slug("GLVQ 2 bpw (fast)")
+    if (fast / "run.json").is_file():  # the same run with 8-bit embeddings and lm_head
+        with_quantized_embeddings(fast, fast.with_name(slug("GLVQ 2 bpw (fast) + 8-bit embeddings")))
     rows = []
     for label, target in _decode_targets():
         if only and label not in only:

@@ -21,9 +21,13 @@ from pathlib import Path
 import psutil
 import torch
 
+from ..config import CalibConfig
 from ..data import eval_text, text_windows
+from ..methods import config_from_dict
 from ..models import load_model
-from ..runs import load_run
+from ..pipeline import QuantizeResult
+from ..qembedding import quantize_embeddings, quantized_model_size
+from ..runs import load_run, read_run_info, save_run
 
 NEW_TOKENS = 128
 PREFILL = 512
@@ -69,6 +73,20 @@ def measure(target: str) -> dict:
             "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "model_rss_mb": (psutil.Process().memory_info().rss - rss0) / 2**20,
             "threads": THREADS, "new_tokens": NEW_TOKENS}
+
+
+def with_quantized_embeddings(src: Path, dst: Path, bits: int = 8) -> Path:
+    """A copy of the saved run ``src`` at ``dst`` whose embedding and lm_head are also quantized
+    (RTN, ``bits``; lvq/qembedding.py): the same codes for the blocks, so the decode table shows
+    what quantizing the embeddings alone changes. Returns ``dst``."""
+    model, tok, report = load_run(src, device="cpu")
+    info = read_run_info(src)
+    quantize_embeddings(model, bits)
+    metrics = {k: v for k, v in info["metrics"].items() if k not in ("model_mb", "file_mb", "fp16_mb")}
+    metrics.update(embed_bits=bits, **quantized_model_size(model, other_bits=16))
+    result = QuantizeResult(model, tok, config_from_dict(info["method"]), CalibConfig(**info["calib"]),
+                            report, metrics, info["model"].get("source", ""))
+    return save_run(result, dst, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
