@@ -56,9 +56,10 @@ PREFACE = [
     "scales, zeros, lattices, μ, width tags, codebooks, permutations, rotation signs); model MB = "
     "those linears plus every other tensor at 16 bits; file_mb = the run's weight file. Peak RAM "
     "is the peak resident memory of the process that loaded, quantized, evaluated and saved the "
-    "model. Quantization runs on one thread per process (two benchmark processes may share the "
-    "2 cores: their quant_time_s is then up to about 2× the solo figure; perplexity and bits are "
-    "unaffected).", "",
+    "model. Quantization runs on one thread per process. Benchmark processes shared the 2 cores "
+    "(two Ray tasks of one core each, at times a third process beside them), so quant_time_s is "
+    "up to about 1.5-2× what one job alone on an idle machine takes; perplexity and bits do not "
+    "depend on it (the quantizer is deterministic: the same seed gives the same codes).", "",
     "Commands that produced the tables below (each section keeps its latest rows):", "",
 ]
 
