@@ -1,14 +1,11 @@
 """Quantize page: pick a model, a method and its settings, calibrate, run, save.
 
-The settings widgets of every method are built from ``CONTROLS`` (one row per config field); the
-exact config that will run is shown as JSON and is what the ``quantize`` API endpoint takes, so a
-script (or gradio_client) can post any config the library accepts.
-
-A saved run belongs to the visitor who made it (``owner.json``, pages/sessions.py), shared with
-other visitors only when they tick "share"; the run table below (pages/myruns.py) lists the runs
-this visitor may see and lets them share, unshare or delete their own. After each save the runs folder's size budget is
-enforced (pages/retention.py); the estimate line warns when that may delete runs. One run at a
-time: a second visitor's run waits in Gradio's queue, its position shown in the status area.
+Every method's settings widgets come from ``CONTROLS`` (one row per config field); the exact
+config that will run is shown as JSON and is what the ``quantize`` API endpoint takes. A saved run
+belongs to the visitor who made it (pages/sessions.py), shared only when they tick "share"; the
+run table (pages/myruns.py) lets them share, unshare or delete their own. After each save the runs
+folder's budget is enforced (pages/retention.py). One run at a time: a second visitor's run waits
+in Gradio's queue, its position shown in the status area.
 """
 from __future__ import annotations
 
@@ -103,9 +100,8 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
 LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp": "Damping",
           "act_order": "Activation order", "dim": "Dimension d", "steps": "Steps",
           "companding": "Companding", "bit_allocation": "Bit allocation",
-          "shared_lattice": "Shared lattice", "error_feedback": "Error feedback",
-          "lattice": "Lattice", "decoder": "Decoder",
-          "codebook_bits": "Codebook bits", "num_extended": "Extended codebooks",
+          "shared_lattice": "Shared lattice", "error_feedback": "Error feedback", "lattice": "Lattice",
+          "decoder": "Decoder", "codebook_bits": "Codebook bits", "num_extended": "Extended codebooks",
           "extended_bits": "Extended codebook bits", "critical_ratio": "Critical ratio λ",
           "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks",
           "finetune": "Block fine-tuning", "finetune_steps": "Fine-tuning passes",
@@ -137,10 +133,17 @@ def _coerce(cls, field: str, value: Any) -> Any:
     return value
 
 
-def settings_dict(method: str, values: dict[str, Any]) -> dict[str, Any]:
-    """{"method": m, field: value, ...} from the widget values of method m."""
-    cls = _config_cls(method)
-    return {"method": method, **{k: _coerce(cls, k, v) for k, v in values.items()}}
+def settings_dict(method: str, values: dict[str, Any], extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"method": m, field: value, ...} from method m's widget values, on top of the last preset's
+    settings that have no widget (``extras``, from ``preset_extras``; used only if it is m's)."""
+    cls, extras = _config_cls(method), extras or {}
+    base = {k: v for k, v in extras.items() if k != "method"} if extras.get("method") == method else {}
+    return {"method": method, **base, **{k: _coerce(cls, k, v) for k, v in values.items()}}
+
+
+def preset_extras(method: str, preset: dict[str, Any], widget_fields: set[str]) -> dict[str, Any]:
+    """The preset's settings no widget shows (e.g. the fine-tuning rate), tagged with the method."""
+    return {"method": method, **{k: v for k, v in preset.items() if k != "method" and k not in widget_fields}}
 
 
 def build_config(settings: dict[str, Any] | str):
@@ -391,9 +394,11 @@ def build(client: gr.BrowserState | None = None) -> Page:
     flat = [(m, f, w) for m in methods for f, w in widgets[m].items()]
     flat_widgets = [w for _, _, w in flat]
 
-    def describe(model_name, method_name, *values):
+    extras = gr.State({})  # the last preset's settings without a widget (preset_extras)
+
+    def describe(model_name, method_name, extra, *values):
         vals = {f: v for (m, f, _), v in zip(flat, values) if m == method_name}
-        settings = settings_dict(method_name, vals)
+        settings = settings_dict(method_name, vals, extra)
         text = json.dumps(settings, indent=2)
         try:
             cfg = build_config(settings)
@@ -411,21 +416,22 @@ def build(client: gr.BrowserState | None = None) -> Page:
             except ValueError as e:
                 gr.Warning(str(e))
                 preset = {}
+            shown = {f for m, f, _ in flat if m == method_name}
             return [gr.update(value=preset[f]) if m == method_name and f in preset else gr.update()
-                    for m, f, _ in flat]
+                    for m, f, _ in flat] + [preset_extras(method_name, preset, shown) if preset else {}]
         return fn
 
     def show_upload(c):
         return gr.update(visible=(c == UPLOAD))
 
     method.change(show_method, method, list(groups.values()), queue=False, api_name=False)
-    fast.click(apply_preset("fast"), method, flat_widgets, queue=False, api_name=False)
-    quality.click(apply_preset("quality"), method, flat_widgets, queue=False, api_name=False)
+    fast.click(apply_preset("fast"), method, [*flat_widgets, extras], queue=False, api_name=False)
+    quality.click(apply_preset("quality"), method, [*flat_widgets, extras], queue=False, api_name=False)
     corpus.change(show_upload, corpus, upload, queue=False, api_name=False)
-    gr.on([model.change, method.change] + [w.change for w in flat_widgets], describe,
-          [model, method, *flat_widgets], [config, estimate], trigger_mode="always_last",
+    gr.on([model.change, method.change, extras.change] + [w.change for w in flat_widgets], describe,
+          [model, method, extras, *flat_widgets], [config, estimate], trigger_mode="always_last",
           show_progress="hidden", api_name=False)
-    run.click(describe, [model, method, *flat_widgets], [config, estimate], queue=False,
+    run.click(describe, [model, method, extras, *flat_widgets], [config, estimate], queue=False,
               api_name=False).then(
         cache.gpu(run_quantization, cache.quantize_seconds),
         [model, config, corpus, upload, n_windows, seqlen, eval_windows, share, embed, client],

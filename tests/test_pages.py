@@ -332,3 +332,21 @@ def test_chat_speed_and_compute_path():
     model[0] = lvq.QuantizedLinear(qw)
     lvq.set_inference_mode(model, "packed")
     assert chat.compute_path(model).startswith("packed: decode-free CPU kernels")
+
+
+def test_a_preset_keeps_its_settings_that_have_no_widget():
+    """The quality presets set fields no widget shows (the fine-tuning rate, chat windows, CRVQ's
+    incoherence): after the preset button, the config that runs is the whole preset."""
+    import lvq
+
+    for cls, method in ((lvq.GLVQConfig, "glvq"), (lvq.CRVQConfig, "crvq")):
+        preset = cls.preset("quality").to_dict()
+        shown = {f for f, *_ in quantize.CONTROLS[method]}
+        extras = quantize.preset_extras(method, preset, shown)
+        widgets = {f: preset[f] for f in shown if f in preset}
+        cfg = quantize.build_config(quantize.settings_dict(method, widgets, extras))
+        assert cfg.to_dict() == preset
+    glvq_extras = quantize.preset_extras("glvq", lvq.GLVQConfig.preset("quality").to_dict(), set())
+    assert "e2e_chat" not in quantize.settings_dict("crvq", {}, glvq_extras)  # another method's: ignored
+    cfg = quantize.build_config(quantize.settings_dict("glvq", {"e2e_steps": 16.0}, glvq_extras))
+    assert cfg.e2e_steps == 16 and cfg.e2e_lr == 3e-4  # a widget overrides, the rest stays
