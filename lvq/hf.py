@@ -79,9 +79,8 @@ class LvqHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         for name, entry in self.quantization_config.layers.items():
-            parent, _, leaf = name.rpartition(".")
             with torch.device("cpu"):
-                setattr(model.get_submodule(parent) if parent else model, leaf, _empty_quantized_linear(entry))
+                model.set_submodule(name, _empty_quantized_linear(entry))
         embeddings = self.quantization_config.embeddings
         with torch.device("cpu"):
             install_quantized_embeddings(model, embeddings)  # also drops the ties into these modules

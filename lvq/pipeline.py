@@ -61,11 +61,6 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
 @contextmanager
 def _one_thread():
     """Run the quantizer of one layer on one CPU thread: its many small reductions and
@@ -179,7 +174,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                     })
                     for tname, rows in tables.items():
                         table_rows.setdefault(tname, []).extend({"layer": full, **r} for r in rows)
-                    _set_submodule(block, name, QuantizedLinear(qw, bias=lin.bias))
+                    block.set_submodule(name, QuantizedLinear(qw, bias=lin.bias))
                     del lin, W, W_hat
                     step += 1
                     peak = max(peak, _rss_mb())

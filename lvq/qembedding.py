@@ -146,11 +146,6 @@ def tie_heads(model: nn.Module) -> int:
     return n
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
 def _untie_mapping(model: nn.Module, names: set[str]) -> None:
     """Drop transformers' tied-parameter entries (``lm_head.weight`` -> ``...embed_tokens.weight``)
     that point into replaced modules: those have no ``weight`` parameter, and ``tie_heads`` ties."""
@@ -187,7 +182,7 @@ def quantize_embeddings(model: nn.Module, bits: int, group_size: int = 64) -> di
     qw = quantize_embedding_matrix(emb.weight, bits, group_size)
     qemb = QuantizedEmbedding(qw, embed_scale=None if scale is None else float(scale), padding_idx=emb.padding_idx)
     done = {emb_name: {"kind": "embedding", "bits_per_weight": qw.bits_per_weight()}}
-    _set_module(model, emb_name, qemb)
+    model.set_submodule(emb_name, qemb)
     if head is not None:
         head_name = names[id(head)]
         hq = qw if tied else quantize_embedding_matrix(head.weight, bits, group_size)
@@ -195,7 +190,7 @@ def quantize_embeddings(model: nn.Module, bits: int, group_size: int = 64) -> di
         if tied:
             share_buffers(qhead, qemb)
             qemb.tied_head = head_name
-        _set_module(model, head_name, qhead)
+        model.set_submodule(head_name, qhead)
         done[head_name] = {"kind": "head", "bits_per_weight": hq.bits_per_weight(),
                            "tied_to": emb_name if tied else None}
     _untie_mapping(model, set(done))
@@ -265,7 +260,7 @@ def install_quantized_embeddings(model: nn.Module, entries: dict[str, dict[str, 
             mod = QuantizedLinear(qw, bias=bias)
             if src:
                 share_buffers(mod, built[src])
-        _set_module(model, name, mod)
+        model.set_submodule(name, mod)
         keys.update(f"{name}.{n}" for n in mod.state_names)
     _untie_mapping(model, set(entries))
     return keys

@@ -299,8 +299,7 @@ def _load_by_hand(run_dir: Path, info: dict[str, Any], config):
             qlin = QuantizedLinear(cls.from_state(st, entry["meta"]), bias=bias)
         except KeyError as e:
             raise LvqError(f"{run_dir} is corrupt: tensor {e} of layer {name} is missing") from None
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, qlin)
+        model.set_submodule(name, qlin)
         quantized_keys.update(keys)
     missing, unexpected = model.load_state_dict({k: v.float() if v.is_floating_point() and k not in quantized_keys
                                                  else v for k, v in tensors.items()}, strict=False)
