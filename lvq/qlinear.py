@@ -5,10 +5,11 @@ registered as buffers under their state names, so ``.to(device)``, ``state_dict(
 safetensors saving see exactly what is stored. How a forward computes y = x Ŵᵀ + b is the
 module's ``mode``:
 
-* ``"packed"`` — the memory-light path for inference: up to ``KERNEL_MAX_TOKENS`` tokens on CPU
-  (token-by-token generation) go through the method's decode-free kernel (lvq/kernels, prepared
-  once from the stored form, a few bits per weight); longer inputs (a prompt's prefill) and
-  inputs on other devices decode Ŵ for that call and drop it afterwards.
+* ``"packed"`` — the memory-light path for inference: on CPU the method's kernel (lvq/kernels,
+  prepared once from the stored form, a few bits per weight) computes on the codes for a few
+  tokens (token-by-token generation) and, for many (a prompt's prefill), decodes Ŵ from its
+  prepared form for that call; on other devices a call decodes Ŵ from the stored form and drops
+  it afterwards.
 * ``"dense"`` — decode Ŵ once and keep it (fp32 in the activations' dtype: as much memory as the
   original layer; the calibration passes use it, one block at a time).
 * ``"decode"`` — decode Ŵ at every call (differentiable).
@@ -20,6 +21,7 @@ drops the derived forms after the stored tensors changed (fine-tuning does this)
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Any, Callable
 
 import torch
@@ -29,8 +31,6 @@ from torch import nn
 from .qweight import QuantizedWeight
 
 MODES = ("packed", "dense", "decode", "train")
-# Token count up to which "packed" uses the kernel; above it a call decodes Ŵ (prefill).
-KERNEL_MAX_TOKENS = 16
 
 
 class QuantizedLinear(nn.Module):
@@ -79,18 +79,19 @@ class QuantizedLinear(nn.Module):
         self.invalidate()
         return super()._apply(fn, recurse)
 
-    def _run_kernel(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self._no_kernel:
-            return None
-        if self._kernel is None:
+    def _prepared_kernel(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The method's CPU kernel, prepared on first use (None if the method has none)."""
+        if self._kernel is None and not self._no_kernel:
             self._kernel = self.qweight().kernel()
-            if self._kernel is None:
-                self._no_kernel = True
-                return None
-        y = self._kernel(x.to(torch.float32)).to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+            self._no_kernel = self._kernel is None
+        return self._kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "packed" and x.is_cpu and not torch.is_grad_enabled():
+            kernel = self._kernel if self._kernel is not None else self._prepared_kernel()
+            if kernel is not None:  # the decode hot path: no other torch op for fp32 inputs
+                y = kernel(x) if x.dtype is torch.float32 else kernel(x.to(torch.float32)).to(x.dtype)
+                return y if self.bias is None else y + self.bias.to(y.dtype)
         if self.mode == "train":
             if self._train is None:
                 self._train = self.qweight().train_forward()
@@ -101,11 +102,6 @@ class QuantizedLinear(nn.Module):
             if self._dense is None or self._dense.dtype != x.dtype or self._dense.device != x.device:
                 self._dense = self.qweight().dequantize().to(device=x.device, dtype=x.dtype)
             return F.linear(x, self._dense, None if self.bias is None else self.bias.to(x.dtype))
-        if (self.mode == "packed" and x.device.type == "cpu" and not torch.is_grad_enabled()
-                and x.numel() // self.in_features <= KERNEL_MAX_TOKENS):
-            y = self._run_kernel(x)
-            if y is not None:
-                return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return self.qweight().linear(x, bias)
 
@@ -123,3 +119,25 @@ def set_inference_mode(model: nn.Module, mode: str) -> int:
             m.set_mode(mode)
             n += 1
     return n
+
+
+def prepare_kernels(model: nn.Module) -> int:
+    """Prepare the CPU kernel of every QuantizedLinear in "packed" mode on the CPU now rather
+    than at its first forward, then hand the preparation's freed temporaries back to the
+    operating system (glibc keeps them otherwise: ~100 MB on the bundled model). Returns how
+    many kernels were prepared."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear) and m.mode == "packed" and all(
+                t.device.type == "cpu" for t in m.buffers()):
+            n += m._prepared_kernel() is not None
+    release_free_memory()
+    return n
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

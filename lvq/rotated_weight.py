@@ -77,8 +77,10 @@ class RotatedWeight(QuantizedWeight):
         inner = self.inner.kernel()
         if inner is None:
             return None
-        U, V = self.U, self.V
-        return lambda x: U.apply_t(inner(V.apply(x.to(torch.float32))))
+        from .kernels.hadamard import prepare_rht, rht_apply  # numba: only the CPU decoding path
+
+        u, v = prepare_rht(self.U, transpose=True), prepare_rht(self.V)
+        return lambda x: rht_apply(inner(rht_apply(x, v)), u)  # y = Uᵀ Q(W') (V x)
 
     def bit_breakdown(self) -> dict[str, int]:
         n = self.out_features + self.in_features

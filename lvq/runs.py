@@ -36,7 +36,7 @@ from .hf import QUANT_METHOD, hf_quantization_config
 from .methods import get_method, weight_class
 from .qembedding import (QuantizedEmbedding, embedding_entries, install_quantized_embeddings, is_head,
                          quantized_model_size, tie_heads)
-from .qlinear import QuantizedLinear, set_inference_mode
+from .qlinear import QuantizedLinear, prepare_kernels, set_inference_mode
 from .report import Report
 from .version import __version__
 
@@ -231,7 +231,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     """Rebuild ``(model, tokenizer, report)`` from a run folder.
 
     mode: how the quantized linears compute (lvq/qlinear.py); None picks "packed" on CPU (the
-    decode-free kernels: memory stays a few bits per weight) and "dense" on CUDA.
+    decode-free kernels: memory stays a few bits per weight; they are prepared here, which
+    takes seconds) and "dense" on CUDA.
     """
     from transformers import AutoConfig, AutoTokenizer  # heavy: imported when a run is loaded
 
@@ -250,6 +251,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     model.to(device).eval()
     tie_heads(model)  # the move copied a tied lm_head's buffers: share them again
     set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
+    prepare_kernels(model)  # packed on CPU: the kernels now, not in the first reply
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
     return model, tok, report

@@ -1,7 +1,8 @@
 """The CPU kernels of lvq/kernels equal the dense product: decode Ŵ with plain torch, F.linear.
 
 Shapes are deliberately odd (out, in not multiples of 8 or of the group size; partial last
-groups); every kernel is checked at T = 1, 3 and 8 tokens. A few layers are large enough
+groups); every kernel is checked at T = 1, 3, 8 and 24 tokens (the last through the decode of
+Ŵ from the prepared layout that prefill uses). A few layers are large enough
 (>= 2^17 weights) to take the multi-threaded path when asked (threads=2). First run: ~1 min of numba compilation
 (cached next to the modules afterwards).
 """
@@ -22,7 +23,7 @@ from lvq.kernels import (additive_matmul, lattice_matmul, prepare_additive, prep
 from lvq.kernels._common import PARALLEL_MIN_WEIGHTS, jit
 from lvq.packing import pack
 
-TOKENS = (1, 3, 8)
+TOKENS = (1, 3, 8, 24)  # 24 > DENSE_MIN_TOKENS: Ŵ decoded from the prepared layout
 
 
 def close(y: torch.Tensor, ref: torch.Tensor, rel: float = 2e-5) -> None:
@@ -242,6 +243,26 @@ def test_lattice_multithreaded():
     for T in TOKENS:
         x = torch.randn(T, sum(sizes))
         close(lattice_matmul(x, p, threads=2), F.linear(x, W), rel=2e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Randomized Hadamard transforms (rotated layers)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [576, 1536, 64, 80, 72, 30])  # paley2, paley1, sylvester, ..., orthogonal
+def test_hadamard_kernel_matches_torch_transform(n):
+    from lvq.kernels.hadamard import prepare_rht, rht_apply
+    from lvq.rotation import RHT
+
+    r = RHT.random(n, seed=5)
+    scaled = RHT(r.spec, r.signs * (torch.rand(n) + 0.5))  # trained rotation: real scales
+    for rot in (r, scaled):
+        for transpose in (False, True):
+            p = prepare_rht(rot, transpose)
+            for T in (1, 3, 40):  # 40: above TORCH_MIN_TOKENS, torch's transform
+                x = torch.randn(T, n)
+                close(rht_apply(x, p), rot.apply_t(x) if transpose else rot.apply(x))
+    x = torch.randn(2, 1, n)  # leading dims kept
+    assert rht_apply(x, prepare_rht(r)).shape == (2, 1, n)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,9 +64,10 @@ def test_packed_kernel_of_a_rotated_layer_matches():
     q = lvq.quantize_layer(W, H, lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8",
                                                 decoder="nearest", incoherence=True))
     lin = lvq.QuantizedLinear(q, mode="packed")
-    x = torch.randn(2, 96)
     with torch.no_grad():
-        assert torch.allclose(lin(x), F.linear(x, q.dequantize()), atol=1e-4)
+        for T in (2, 40):  # the numba transforms and codes kernel; the prefill path
+            x = torch.randn(T, 96)
+            assert torch.allclose(lin(x), F.linear(x, q.dequantize()), atol=1e-4)
     assert lin._kernel is not None
 
 

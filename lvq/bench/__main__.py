@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -141,28 +142,30 @@ def _write_examples(only: set[str] | None) -> None:
         print(f"[examples] {label} -> {dest.relative_to(ROOT)} ({folder_bytes(dest) / 1e3:.0f} kB)", flush=True)
 
 
+DECODE_RUNS = ("GLVQ 2 bpw (fast)", "GLVQ 2 bpw (quality)", "CRVQ (quality)", "AQLM 2x8 d8 (quality)",
+               "GPTQ 2-bit g128", "GPTQ 3-bit g128", "RTN 2-bit g128")
+WITH_EMBEDDINGS = " + 8-bit embeddings"
+
+
 def _decode_targets() -> list[tuple[str, str]]:
-    """(label, target): fp32 and, per method, the first ~2 bpw benchmark run that exists."""
-    wanted = [("GLVQ", "GLVQ 2 bpw (fast)"), ("GLVQ", "GLVQ 2 bpw (fast) + 8-bit embeddings"),
-              ("GLVQ", "GLVQ 2 bpw (quality)"),
-              ("CRVQ", "CRVQ (quality)"), ("AQLM", "AQLM 2x8 d8 (quality)"),
-              ("GPTQ", "GPTQ 2-bit g128"), ("RTN", "RTN 2-bit g128")]
+    """(label, target): fp32 and each ~2-3 bpw benchmark run that exists, each also with its
+    embedding and lm_head quantized to 8 bits (a copy made from the run)."""
     out = [("fp32 (reference)", "smollm2-135m")]
-    for _, label in wanted:
+    for label in DECODE_RUNS:
         run = ROOT / "runs" / "bench" / slug(label)
         if (run / "run.json").is_file():
-            out.append((label, str(run)))
+            out += [(label, str(run)), (label + WITH_EMBEDDINGS, str(run.with_name(slug(label + WITH_EMBEDDINGS))))]
     return out
 
 
 def _run_decode(only: set[str] | None) -> None:
-    fast = ROOT / "runs" / "bench" / slug("GLVQ 2 bpw (fast)")
-    if (fast / "run.json").is_file():  # the same run with 8-bit embeddings and lm_head
-        with_quantized_embeddings(fast, fast.with_name(slug("GLVQ 2 bpw (fast) + 8-bit embeddings")))
     rows = []
     for label, target in _decode_targets():
         if only and label not in only:
             continue
+        if label.endswith(WITH_EMBEDDINGS):  # the same codes for the blocks
+            with_quantized_embeddings(Path(target).with_name(slug(label.removesuffix(WITH_EMBEDDINGS))),
+                                      Path(target))
         p = subprocess.run([sys.executable, "-m", "lvq.bench.decode", target, "--json"],
                            capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
@@ -170,7 +173,8 @@ def _run_decode(only: set[str] | None) -> None:
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         rows.append({"label": label, "mode": r["mode"], "decode_tok_s": r["decode_tok_s"],
-                     "prefill_tok_s": r["prefill_tok_s"], "rss_mb": r["rss_mb"]})
+                     "prefill_tok_s": r["prefill_tok_s"], "rss_mb": r["rss_mb"],
+                     "model_rss_mb": r["model_rss_mb"]})
         print(f"[decode] {label}: {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} tok/s, "
               f"RSS {r['rss_mb']:.0f} MB", flush=True)
     df = pd.DataFrame(rows)

@@ -5,7 +5,8 @@
 
 Per target, in its own process (so resident memory is that model's alone), with torch on 2
 threads: greedy decoding of ``NEW_TOKENS`` tokens at batch 1 with the KV cache (tokens/s over
-the decoding steps, the prompt's prefill excluded; median of ``REPEATS``), prefill of one
+the decoding steps, timed from the first token to the last, so the prompt's prefill is excluded;
+median of ``REPEATS``), prefill of one
 ``PREFILL`` -token window (tokens/s), and the process's resident memory after both. A saved run
 loads as ``lvq.load_run`` gives it (``packed`` on CPU: the decode-free kernels).
 """
@@ -36,11 +37,21 @@ THREADS = 2
 PROMPT = "Explain in a few sentences what a lattice is."
 
 
-def _generate_seconds(model, ids: torch.Tensor, new: int, pad: int) -> float:
-    t = time.perf_counter()
+def _step_times(model, ids: torch.Tensor, new: int, pad: int) -> list[float]:
+    """Greedy generation of ``new`` tokens; the time at which each token was ready (the first
+    one comes from the prompt's prefill, each later one from one decoding step)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    stamps: list[float] = []
+
+    class _Stamp(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stamps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                   do_sample=False, pad_token_id=pad)
-    return time.perf_counter() - t
+                   do_sample=False, pad_token_id=pad, stopping_criteria=StoppingCriteriaList([_Stamp()]))
+    return stamps
 
 
 @torch.no_grad()
@@ -57,12 +68,11 @@ def measure(target: str) -> dict:
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
     pad = tok.pad_token_id or tok.eos_token_id
-    _generate_seconds(model, ids, 8, pad)  # warm-up (kernel compilation, allocator)
+    _step_times(model, ids, 8, pad)  # warm-up (kernel preparation and compilation, allocator)
     rates = []
     for _ in range(REPEATS):
-        first = _generate_seconds(model, ids, 1, pad)
-        total = _generate_seconds(model, ids, NEW_TOKENS + 1, pad)
-        rates.append(NEW_TOKENS / max(total - first, 1e-9))
+        stamps = _step_times(model, ids, NEW_TOKENS + 1, pad)
+        rates.append(NEW_TOKENS / max(stamps[-1] - stamps[0], 1e-9))
     window = text_windows(tok, eval_text("wiki-bundled"), PREFILL)[-1:]
     model(window, use_cache=False)  # warm-up of the long-input path
     t = time.perf_counter()
@@ -79,7 +89,7 @@ def with_quantized_embeddings(src: Path, dst: Path, bits: int = 8) -> Path:
     """A copy of the saved run ``src`` at ``dst`` whose embedding and lm_head are also quantized
     (RTN, ``bits``; lvq/qembedding.py): the same codes for the blocks, so the decode table shows
     what quantizing the embeddings alone changes. Returns ``dst``."""
-    model, tok, report = load_run(src, device="cpu")
+    model, tok, report = load_run(src, device="cpu", mode="decode")  # no kernels needed here
     info = read_run_info(src)
     quantize_embeddings(model, bits)
     metrics = {k: v for k, v in info["metrics"].items() if k not in ("model_mb", "file_mb", "fp16_mb")}

@@ -69,5 +69,5 @@ CALIB_TOKENS = (16_384, 65_536, 262_144)
 def calibration_curve() -> list[tuple[str, object, int]]:
     """(label, config, calibration windows of 512 tokens) for the perplexity-vs-calibration-size
     curve of the GLVQ fast preset."""
-    return [(f"GLVQ 2 bpw (fast), {t // 1024}k calibration tokens", glvq_fast(2.0), t // 512)
+    return [(f"GLVQ 2 bpw (fast) with {t // 1024}k calibration tokens", glvq_fast(2.0), t // 512)
             for t in CALIB_TOKENS]

@@ -116,8 +116,10 @@ def as_rows(x: torch.Tensor, in_features: int) -> tuple[np.ndarray, tuple[int, .
         raise ValueError(f"x has {x.shape[-1]} features, the layer expects {in_features}")
     if x.device.type != "cpu":
         raise ValueError(f"the CPU kernels need x on the CPU, got {x.device}")
-    if x.dim() == 2 and x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous():
-        return x.numpy(), (x.shape[0],)  # the decode hot path: no copy, no torch op
+    if x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous():
+        if x.dim() == 2:
+            return x.numpy(), (x.shape[0],)  # the decode hot path: no copy, no torch op
+        return x.view(-1, in_features).numpy(), tuple(x.shape[:-1])
     lead = tuple(x.shape[:-1])
     x2 = x.detach().reshape(-1, in_features).to(torch.float32).contiguous()
     return x2.numpy(), lead

@@ -35,6 +35,8 @@ MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kern
 KIND_CODES, KIND_DENSE = 0, 1
 XFORM_NONE, XFORM_MATRIX, XFORM_SCALAR = 0, 1, 2
 DENSE_ROWS = 8  # dense (fp16) groups are padded to a multiple of this many columns
+# Above this many tokens a call decodes Ŵ (``grouped_dense``) and lets torch multiply.
+DENSE_MIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class GroupedCodes:
     in_features: int
     classes: tuple = field(init=False, repr=False, compare=False)
     blocks: tuple = field(init=False, repr=False, compare=False)
+    single: tuple | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", all_row_blocks(self.out_features))
@@ -66,6 +69,11 @@ class GroupedCodes:
         classes = tuple((key, np.asarray([g for g, k in enumerate(keys) if k == key], dtype=np.int64))
                         for key in sorted(set(keys)))
         object.__setattr__(self, "classes", classes)
+        single = None  # (kernel, its arguments after x) of the one-token, one-width hot path
+        if len(classes) == 1:
+            single = (classes[0][0], (self.words, self.dense, self.gtab, self.xform, classes[0][1],
+                                      self.s, self.sz, self.blocks[1]))
+        object.__setattr__(self, "single", single)
 
     @property
     def nbytes(self) -> int:
@@ -227,17 +235,91 @@ def _prologue(x, gtab, xform):
     return u, usum
 
 
+@jit()
+def _dense(words, dense, gtab, xform, s, sz, W):
+    """W [out, in] = Ŵ of a prepared layer (fills every column; see ``grouped_dense``)."""
+    out = W.shape[0]
+    d = xform.shape[1]
+    c = np.empty(W.shape[1], dtype=np.float32)
+    for i in range(out):
+        for g in range(gtab.shape[0]):
+            kind, first, nrows, bits, c0, n, xf = (gtab[g, 0], gtab[g, 1], gtab[g, 2], gtab[g, 3],
+                                                   gtab[g, 4], gtab[g, 5], gtab[g, 6])
+            sg, szg = s[g, i], sz[g, i]
+            if kind == KIND_DENSE:
+                for j in range(n):
+                    c[c0 + j] = sg * half_f32(dense[first + j, i]) - szg
+            else:
+                K = 32 // bits
+                mask = (1 << bits) - 1
+                for w in range(nrows):
+                    wd = np.int64(words[first + w, i])
+                    for m in range(K):
+                        j = w * K + m
+                        if j < n:
+                            c[c0 + j] = sg * np.float32((wd >> (bits * m)) & mask) - szg
+            if xf == XFORM_SCALAR:
+                f = xform[g, 0, 0]
+                for j in range(c0, c0 + n):
+                    W[i, j] = f * c[j]
+            elif xf == XFORM_MATRIX:  # W_v = A c_v for every d-vector v of the group
+                for v in range(c0, c0 + n, d):
+                    for b in range(d):
+                        acc = np.float32(0.0)
+                        for a in range(d):
+                            acc += xform[g, b, a] * c[v + a]
+                        W[i, v + b] = acc
+            else:
+                for j in range(c0, c0 + n):
+                    W[i, j] = c[j]
+
+
+def grouped_dense(p: GroupedCodes) -> torch.Tensor:
+    """Ŵ [out, in] float32 of a prepared layer, such that ``x @ Ŵᵀ`` equals ``grouped_matmul``
+    up to float rounding: per group, c = s·q − s·z (or s·X for fp16 groups), then the group's
+    input transform applied to the weights' side (W_v = A c_v for a d × d transform A)."""
+    W = np.empty((p.out_features, p.in_features), dtype=np.float32)
+    _dense(p.words, p.dense, p.gtab, p.xform, p.s, p.sz, W)
+    return torch.from_numpy(W)
+
+
+def _make_single(bits: int):
+    """One token, one code width, one thread: prologue, output and kernel in one compiled call
+    (the decode hot path; each Python-level numba call costs microseconds of argument checks)."""
+    kernel = _KERNELS[bits, 1, False]
+
+    @jit()
+    def single(x, words, dense, gtab, xform, gsel, s, sz, bounds):
+        u, usum = _prologue(x, gtab, xform)
+        y = np.zeros((1, s.shape[1]), dtype=np.float32)
+        kernel(u, usum, words, dense, gtab, gsel, s, sz, y, bounds)
+        return y
+
+    return single
+
+
+_SINGLE = MappingProxyType({b: _make_single(b) for b in range(MAX_WORD_BITS + 1)})
+
+
 def grouped_matmul(x: torch.Tensor, p: GroupedCodes, threads: int | None = None) -> torch.Tensor:
     """y = x Ŵᵀ for a prepared layer; x [..., in] float -> y [..., out] float32 (no autograd).
-    threads: None/1 = the calling thread only; n > 1 = numba's pool (see _common.num_blocks)."""
+    Above ``DENSE_MIN_TOKENS`` tokens Ŵ is decoded for the call (``grouped_dense``) and multiplied
+    by torch. threads: None/1 = the calling thread only; n > 1 = numba's pool (see
+    _common.num_blocks)."""
+    n = x.numel()
+    if n == p.in_features and p.single is not None and (threads is None or threads <= 1):
+        xn, lead = as_rows(x, p.in_features)  # one token: one compiled call
+        return from_rows(_SINGLE[p.single[0]](xn, *p.single[1]), lead)
+    if n > DENSE_MIN_TOKENS * p.in_features:  # many tokens (prefill): decode Ŵ once
+        return torch.nn.functional.linear(x.to(torch.float32), grouped_dense(p))
     xn, lead = as_rows(x, p.in_features)
     T = xn.shape[0]
     if T == 0:
         return torch.zeros(*lead, p.out_features)
-    u, usum = _prologue(xn, p.gtab, p.xform)
-    y = np.zeros((u.shape[0], p.out_features), dtype=np.float32)
     nb = num_blocks(p.out_features * p.in_features, threads)
     bounds = p.blocks[min(nb, len(p.blocks) - 1)]
+    u, usum = _prologue(xn, p.gtab, p.xform)
+    y = np.zeros((u.shape[0], p.out_features), dtype=np.float32)
     tb = 1 if T == 1 else 4
     for bits, gsel in p.classes:
         _KERNELS[bits, tb, nb > 1](u, usum, p.words, p.dense, p.gtab, gsel, p.s, p.sz, y, bounds)
