@@ -216,6 +216,7 @@ def _glvq_prepare(q):
 @pytest.mark.parametrize("opts", [
     dict(dim=8, bits=2.5),  # learned Babai, mixed widths, companding where it helps
     dict(dim=8, decoder="nearest", lattice="E8"),
+    dict(dim=8, decoder="nearest", lattice="E8P", bits=2.0),  # 4-bit re-coding of the coordinates
     dict(dim=4, decoder="nearest", lattice="D"),
     dict(dim=2, decoder="nearest", lattice="Z", bits=3.0),
 ])

@@ -18,13 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import LvqError
+from ..methods import config_from_dict
 from ..sweep import make_executor
 from ..models import load_model
 from . import crvq, glvq, quality
 from .decode import with_quantized_embeddings
 from .examples import folder_bytes, write_example
 from .entries import block_weights, fp_row, measure, runs_of, slug
-from .table import ASSETS, ROOT, append, markdown_table, write_markdown
+from .table import ASSETS, ROOT, append, markdown_table, read, write_markdown
 
 SECTIONS = {
     "model": "Model level: fp32, RTN, GPTQ, GLVQ, AQLM, CRVQ (median over calibration seeds [min – max])",
@@ -142,6 +143,27 @@ def _write_examples(only: set[str] | None) -> None:
         print(f"[examples] {label} -> {dest.relative_to(ROOT)} ({folder_bytes(dest) / 1e3:.0f} kB)", flush=True)
 
 
+def _copy_model_row(section: str, label: str, cfg, seed: int, calib_tokens: int) -> bool:
+    """If the model table holds a run of the same config, seed and calibration size, append it to
+    ``section`` under ``label`` (the quantizer is deterministic for a given seed: the same command
+    gives the same codes) and return True; else False (the run has to happen)."""
+    df = read("model")
+    if "calib_tokens" not in df:
+        return False
+    def same_config(text) -> bool:  # rows saved before a field existed get its default
+        try:
+            return config_from_dict(json.loads(text)).to_dict() == cfg.to_dict()
+        except (TypeError, ValueError, LvqError):
+            return False
+    same = df[(df["seed"].fillna(0) == seed) & (df["calib_tokens"] == calib_tokens)]
+    same = same[same["config"].map(same_config)]
+    if same.empty:
+        return False
+    row = same.iloc[-1].drop(labels=["section"]).to_dict()
+    append(section, {**row, "label": label})
+    return True
+
+
 DECODE_RUNS = ("GLVQ 2 bpw (fast)", "GLVQ 2 bpw (quality)", "CRVQ (quality)", "AQLM 2x8 d8 (quality)",
                "GPTQ 2-bit g128", "GPTQ 3-bit g128", "RTN 2-bit g128")
 WITH_EMBEDDINGS = " + 8-bit embeddings"
@@ -224,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             entries = [e for e in _entries(section, args) if wanted(e[0])]
             for windows in sorted({e[3] for e in entries}):
                 group = [(label, cfg, seeds) for label, cfg, seeds, w in entries if w == windows]
-                runs = list(runs_of(group))
+                runs = [r for r in runs_of(group)
+                        if section == "model" or not _copy_model_row(section, *r, windows * args.calib_seqlen)]
                 run_args = argparse.Namespace(**{**vars(args), "calib_windows": windows})
                 for label, seed, row in measure(runs, run_args, executor):
                     if row is None:

@@ -9,8 +9,9 @@ codes times a per-group matrix A_g:
     nearest Z, D: ŵ_v = s · c (U_v − 2^{b−1} + ½)               A_g = c·I,   zero 2^{b−1} − ½
     nearest E8:   ŵ_v = s · c (y + ½·coset + ¼)  (lvq/lattice.py) re-coded at prepare time as
                   w' = 2y + coset + 2^b on b + 1 bits:          A_g = c/2·I, zero 2^b − ½
-    nearest E8P:  ŵ_v = s · c (s⊙a ± ¼)  (lvq/e8p.py), quarter-odd coordinates re-coded as
-                  w' = 4ŵ/(s·c) + 16 on 5 bits:                 A_g = c/4·I, zero 16
+    nearest E8P:  ŵ_v = s · c (s⊙a ± ¼)  (lvq/e8p.py): each coordinate is an odd multiple of
+                  ¼ with |4ŵ/(s·c)| <= 11, re-coded as
+                  w' = (4ŵ/(s·c) + 11)/2 in 0..11 on 4 bits:    A_g = c/2·I, zero 5.5
 
 so ⟨ŵ_v, x_v⟩ = s·(⟨U'_v, u_v⟩ − zero·Σu_v) with u_v = A_gᵀ x_v computed once per call (d
 multiply-adds per input). Groups with μ > 0 go through the μ-law expansion, which is not
@@ -41,8 +42,10 @@ def _affine_codes(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, k
     c = float(gen.reshape(-1)[0]) if gen.dim() < 2 else float(gen[0, 0])
     if kind == "E8P" and bits == 2:
         v = lat.nearest_decode(U.reshape(-1, 8), "E8P", bits, dtype=torch.float64).reshape(U.shape)
-        w = torch.round(4.0 * v).to(torch.int64) + 16  # coordinates are quarter-odd, |4v| <= 11
-        return w.numpy(), 5, XFORM_SCALAR, np.full((1, 1), c / 4, np.float32), 16.0
+        w = (torch.round(4.0 * v).to(torch.int64) + 11) // 2  # 4v odd, |4v| <= 11: 0..11
+        if int(w.min()) < 0 or int(w.max()) > 15:
+            raise ValueError("E8P coordinates outside the 4-bit kernel range")
+        return w.numpy(), 4, XFORM_SCALAR, np.full((1, 1), c / 2, np.float32), 5.5
     if kind in ("E8", "E8P"):  # E8P above 2 bits is the E8 code
         v = lat.nearest_decode(U.reshape(-1, 8), "E8", bits, dtype=torch.float64).reshape(U.shape)
         w = torch.round(2.0 * (v - 0.25)).to(torch.int64) + (1 << bits)
