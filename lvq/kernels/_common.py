@@ -125,6 +125,15 @@ def as_rows(x: torch.Tensor, in_features: int) -> tuple[np.ndarray, tuple[int, .
     return x2.numpy(), lead
 
 
+def call_layout(x: torch.Tensor, in_features: int, out_features: int, blocks: tuple[np.ndarray, ...],
+                threads: int | None) -> tuple[np.ndarray, tuple[int, ...], int, np.ndarray]:
+    """What every kernel call starts with: (x as rows [T, in] (``as_rows``), the lead shape, the
+    number of row blocks (``num_blocks``) and their bounds from the prepared ``blocks``)."""
+    xn, lead = as_rows(x, in_features)
+    nb = num_blocks(out_features * in_features, threads)
+    return xn, lead, nb, blocks[min(nb, len(blocks) - 1)]
+
+
 def from_rows(y: np.ndarray, lead: tuple[int, ...]) -> torch.Tensor:
     """Kernel output [T, out] -> tensor [*lead, out] (a view of y)."""
     t = torch.from_numpy(y)

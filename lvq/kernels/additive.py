@@ -28,7 +28,7 @@ import torch
 from numba import prange
 
 from ..packing import unpack
-from ._common import all_row_blocks, as_rows, from_rows, jit, num_blocks, to_numpy
+from ._common import all_row_blocks, call_layout, from_rows, jit, to_numpy
 
 DIMS = (2, 4, 8, 16)
 
@@ -224,12 +224,10 @@ def additive_matmul(x: torch.Tensor, prepared: AdditivePrepared, path: str | Non
     path: None (cost estimate), "lut" or "decode" (for tests and benchmarks); threads: None/1 =
     the calling thread only, n > 1 = numba's pool (see _common.num_blocks)."""
     p = prepared
-    xn, lead = as_rows(x, p.in_features)
+    xn, lead, nb, bounds = call_layout(x, p.in_features, p.out_features, p.blocks, threads)
     T = xn.shape[0]
     if T == 0:
         return torch.zeros(*lead, p.out_features)
-    nb = num_blocks(p.out_features * p.in_features, threads)
-    bounds = p.blocks[min(nb, len(p.blocks) - 1)]
     if path is None:
         path = "lut" if use_lut(T, p) else "decode"
     if path == "lut":

@@ -29,7 +29,7 @@ from numba import prange
 from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
-from ._common import all_row_blocks, as_rows, field_f32, from_rows, half_f32, jit, num_blocks
+from ._common import all_row_blocks, as_rows, call_layout, field_f32, from_rows, half_f32, jit
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
@@ -312,12 +312,10 @@ def grouped_matmul(x: torch.Tensor, p: GroupedCodes, threads: int | None = None)
         return from_rows(_SINGLE[p.single[0]](xn, *p.single[1]), lead)
     if n > DENSE_MIN_TOKENS * p.in_features:  # many tokens (prefill): decode Ŵ once
         return torch.nn.functional.linear(x.to(torch.float32), grouped_dense(p))
-    xn, lead = as_rows(x, p.in_features)
+    xn, lead, nb, bounds = call_layout(x, p.in_features, p.out_features, p.blocks, threads)
     T = xn.shape[0]
     if T == 0:
         return torch.zeros(*lead, p.out_features)
-    nb = num_blocks(p.out_features * p.in_features, threads)
-    bounds = p.blocks[min(nb, len(p.blocks) - 1)]
     u, usum = _prologue(xn, p.gtab, p.xform)
     y = np.zeros((u.shape[0], p.out_features), dtype=np.float32)
     tb = 1 if T == 1 else 4
