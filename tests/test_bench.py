@@ -91,3 +91,41 @@ def test_aggregate_reports_median_and_range_over_seeds():
     assert agg["talk_degenerate"].iloc[0] == "0 [0 – 0.0625]"
     med = medians(df)
     assert med.set_index("label").loc["a", "ppl"] == 87.0 and med.set_index("label").loc["a", "ppl_max"] == 95.0
+
+
+def test_decode_step_times_stamp_every_new_token(tiny_model_dir):
+    """The decode benchmark's clock: one time stamp per generated token, in order, so that
+    last − first covers only the decoding steps (the first token comes from the prefill)."""
+    import torch
+
+    import lvq
+    from lvq.bench.decode import _step_times
+
+    model, tok = lvq.load_model(str(tiny_model_dir), device="cpu")
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        stamps = _step_times(model, ids, 6, pad=0)
+    assert len(stamps) == 6 and stamps == sorted(stamps) and stamps[-1] > stamps[0]
+
+
+def test_ablation_rows_identical_to_a_model_run_are_copied(tmp_path, monkeypatch):
+    """A lever row with the model table's config, seed and calibration size is that run: copied
+    (same numbers, its own label), not quantized again; any difference means a new run."""
+    import json
+
+    import lvq.bench.__main__ as bench
+    import lvq.bench.table as table
+    from lvq.config import GPTQConfig
+
+    monkeypatch.setattr(table, "ASSETS", tmp_path)
+    cfg = GPTQConfig(bits=2, group_size=128)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "e2e_chat"}  # saved before a field existed
+    pd.DataFrame([{"section": "model", "label": "GPTQ 2-bit g128", "seed": 1, "method": "gptq",
+                   "bits_per_weight": 2.27, "ppl": 99.0, "quant_time_s": 150.0, "config": json.dumps(old),
+                   "calib_tokens": 16384}]).to_csv(tmp_path / "model.csv", index=False)
+    assert bench._copy_model_row("ablation", "GPTQ plain", cfg, 1, 16384)
+    assert not bench._copy_model_row("ablation", "GPTQ plain", cfg, 0, 16384)          # other seed
+    assert not bench._copy_model_row("ablation", "GPTQ plain", cfg, 1, 65536)          # other calibration
+    assert not bench._copy_model_row("ablation", "x", cfg.replace(incoherence=True), 1, 16384)
+    rows = pd.read_csv(tmp_path / "ablation.csv")
+    assert rows[["label", "seed", "ppl"]].values.tolist() == [["GPTQ plain", 1, 99.0]]

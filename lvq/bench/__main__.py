@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -96,8 +97,18 @@ def sweep_grid(sweep):
     return pd.DataFrame(out)
 
 
+DECODE_NOTE = (
+    "Each target runs in its own process, twice (all targets, then all again in reverse order); "
+    "decode_tok_s is the median of the six timed 128-token generations (decode_min, decode_max: "
+    "their range), timed from the first new token to the last, so the prompt's prefill is not in "
+    "it. prefill_tok_s: one 512-token forward. Memory: imports_rss_mb after importing lvq and "
+    "transformers, loaded_rss_mb after loading (for a run: kernels prepared, numba's compiler "
+    "loaded), rss_mb after generating and the prefill; rss_vs_fp32 compares rss_mb. \"+ 8-bit "
+    "embeddings\": the same run with its embedding and lm_head quantized to 8 bits (RTN per row).")
+
+
 def _extras() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"sweep": [_sweep_caveat(), ""]}
+    out: dict[str, list[str]] = {"sweep": [_sweep_caveat(), ""], "decode": [DECODE_NOTE, ""]}
     f = ASSETS / "sweep.csv"
     if f.is_file():
         out["sweep"] += ["Perplexity (bits per weight) by critical ratio λ and extended codebooks m:", "",
@@ -181,24 +192,33 @@ def _decode_targets() -> list[tuple[str, str]]:
 
 
 def _run_decode(only: set[str] | None) -> None:
-    rows = []
-    for label, target in _decode_targets():
-        if only and label not in only:
-            continue
+    targets = [(label, target) for label, target in _decode_targets() if not only or label in only]
+    for label, target in targets:
         if label.endswith(WITH_EMBEDDINGS):  # the same codes for the blocks
             with_quantized_embeddings(Path(target).with_name(slug(label.removesuffix(WITH_EMBEDDINGS))),
                                       Path(target))
+    runs: dict[str, list[dict]] = {}
+    # Two passes, the second in reverse order, so that a slow drift of the (shared) machine
+    # weighs on every target alike; each target's figures are medians over both passes.
+    for label, target in targets + targets[::-1]:
         p = subprocess.run([sys.executable, "-m", "lvq.bench.decode", target, "--json"],
                            capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
             print(f"[decode] {label} failed: {p.stderr[-500:]}", file=sys.stderr)
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
-        rows.append({"label": label, "mode": r["mode"], "decode_tok_s": r["decode_tok_s"],
-                     "prefill_tok_s": r["prefill_tok_s"], "rss_mb": r["rss_mb"],
-                     "model_rss_mb": r["model_rss_mb"]})
+        runs.setdefault(label, []).append(r)
         print(f"[decode] {label}: {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} tok/s, "
               f"RSS {r['rss_mb']:.0f} MB", flush=True)
+    rows = []
+    for label, rs in runs.items():
+        med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
+        rows.append({"label": label, "mode": rs[0]["mode"],
+                     "decode_tok_s": statistics.median(x for r in rs for x in r["decode_runs"]),
+                     "decode_min": min(x for r in rs for x in r["decode_runs"]),
+                     "decode_max": max(x for r in rs for x in r["decode_runs"]),
+                     "prefill_tok_s": med("prefill_tok_s"), "rss_mb": med("rss_mb"),
+                     "loaded_rss_mb": med("loaded_rss_mb"), "imports_rss_mb": med("imports_rss_mb")})
     df = pd.DataFrame(rows)
     if len(df) and (df["label"] == "fp32 (reference)").any():
         fp = df[df["label"] == "fp32 (reference)"].iloc[0]

@@ -7,8 +7,9 @@ Per target, in its own process (so resident memory is that model's alone), with 
 threads: greedy decoding of ``NEW_TOKENS`` tokens at batch 1 with the KV cache (tokens/s over
 the decoding steps, timed from the first token to the last, so the prompt's prefill is excluded;
 median of ``REPEATS``), prefill of one
-``PREFILL`` -token window (tokens/s), and the process's resident memory after both. A saved run
-loads as ``lvq.load_run`` gives it (``packed`` on CPU: the decode-free kernels).
+``PREFILL`` -token window (tokens/s), and the process's resident memory: after the imports, after
+loading (a saved run as ``lvq.load_run`` gives it: ``packed`` on CPU, kernels prepared), and
+after generating and the prefill.
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def measure(target: str) -> dict:
     else:
         model, tok = load_model(target, device="cpu")
         mode = "fp32"
+    rss_loaded = psutil.Process().memory_info().rss
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
     pad = tok.pad_token_id or tok.eos_token_id
@@ -82,6 +84,7 @@ def measure(target: str) -> dict:
             "decode_runs": rates, "prefill_tok_s": prefill,
             "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "model_rss_mb": (psutil.Process().memory_info().rss - rss0) / 2**20,
+            "imports_rss_mb": rss0 / 2**20, "loaded_rss_mb": rss_loaded / 2**20,
             "threads": THREADS, "new_tokens": NEW_TOKENS}
 
 
