@@ -20,6 +20,7 @@ affine: they are decoded once at prepare time to fp16 X = F⁻¹_μ(decode(U)) (
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -41,10 +42,8 @@ def _affine_codes(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, k
         return U.numpy(), bits, XFORM_MATRIX, gen.to(torch.float32).numpy(), off - 0.5
     c = float(gen.reshape(-1)[0]) if gen.dim() < 2 else float(gen[0, 0])
     if kind == "E8P" and bits == 2:
-        v = lat.nearest_decode(U.reshape(-1, 8), "E8P", bits, dtype=torch.float64).reshape(U.shape)
-        w = (torch.round(4.0 * v).to(torch.int64) + 11) // 2  # 4v odd, |4v| <= 11: 0..11
-        if int(w.min()) < 0 or int(w.max()) > 15:
-            raise ValueError("E8P coordinates outside the 4-bit kernel range")
+        code = (U.reshape(-1, 8) << (2 * torch.arange(8))).sum(-1)  # the 16-bit codewords
+        w = _e8p_nibbles()[code].reshape(U.shape)
         return w.numpy(), 4, XFORM_SCALAR, np.full((1, 1), c / 2, np.float32), 5.5
     if kind in ("E8", "E8P"):  # E8P above 2 bits is the E8 code
         v = lat.nearest_decode(U.reshape(-1, 8), "E8", bits, dtype=torch.float64).reshape(U.shape)
@@ -53,6 +52,18 @@ def _affine_codes(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, k
     if kind not in ("Z", "D"):
         raise ValueError(f"nearest decoding needs lattice 'Z', 'D', 'E8' or 'E8P', got {kind!r}")
     return U.numpy(), bits, XFORM_SCALAR, np.full((1, 1), c, np.float32), off - 0.5
+
+
+@functools.lru_cache(maxsize=1)
+def _e8p_nibbles() -> torch.Tensor:
+    """[65536, 8] int64: every E8P codeword's coordinates v (odd multiples of ¼, |4v| <= 11)
+    re-coded as (4v + 11)/2 in 0..11, so that preparing a layer is one table lookup."""
+    fields = (torch.arange(1 << 16)[:, None] >> (2 * torch.arange(8))) & 3
+    v = lat.nearest_decode(fields, "E8P", 2, dtype=torch.float64)
+    w = (torch.round(4.0 * v).to(torch.int64) + 11) // 2
+    if int(w.min()) < 0 or int(w.max()) > 15:
+        raise ValueError("E8P coordinates outside the 4-bit kernel range")
+    return w
 
 
 def _decode_dense(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, kind: str,
