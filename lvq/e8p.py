@@ -16,7 +16,8 @@ E8 code of ``lattice.nearest_encode(kind="E8")`` and the distortion–rate bound
 Exact nearest point: for each shift t and each pattern a the best signs are those of x − t/4 (a
 sign vector of the wrong parity is fixed by flipping the coordinate where |x_i|·a_i is smallest),
 so the search scores 2 × 256 candidates per vector with [N, 8] × [8, 256] products (the parity
-correction is computed only for the few candidates that could still win).
+correction is computed only for the few candidates that could still win). On the CPU the same
+search runs compiled, one vector at a time (lvq/kernels/e8p_search.py).
 
 Codes are stored as eight 2-bit fields (field i = bits 2i, 2i+1 of the 16-bit code), so GLVQ's
 2-bit packing stores them unchanged.
@@ -107,10 +108,15 @@ def encode(X: torch.Tensor) -> torch.Tensor:
     lead = X.shape[:-1]
     Y = X.reshape(-1, 8).to(torch.float32)
     A = patterns(device=Y.device)
+    search = _nearest_signed
+    if Y.device.type == "cpu":  # the same search, compiled
+        from .kernels.e8p_search import nearest_signed  # numba is heavy: imported where used
+
+        search = functools.partial(nearest_signed, pattern_parity=_pattern_parity(A))
     codes = []
     for Yc in Y.split(CHUNK):
         n = Yc.shape[0]
-        idx, signs, dist = _nearest_signed(torch.cat([Yc - SHIFT, Yc + SHIFT]), A)
+        idx, signs, dist = search(torch.cat([Yc - SHIFT, Yc + SHIFT]), A)
         down = dist[n:] < dist[:n]
         idx = torch.where(down, idx[n:], idx[:n])
         signs = torch.where(down[:, None], signs[n:], signs[:n])

@@ -10,6 +10,10 @@ cached on disk next to this package when it is writable.
                                                                                     AQLM/CRVQ
     prepare_lattice(group_codes, widths, scales, generators, mus, dim, decoder, lattice)  GLVQ
 
+Two more modules, imported where they are used: ``hadamard`` (the randomized Hadamard transforms
+of rotated layers, for a few tokens) and ``e8p_search`` (the E8P encoder's nearest-point search,
+which quantization calls on the CPU).
+
 Kernels run on the calling thread unless ``threads=n`` asks for numba's OpenMP pool (a second
 OpenMP runtime beside torch's: see ``_common.num_blocks`` for why that is opt-in; layers under
 2^17 weights and fork children always run on one thread). Many tokens (prefill) are better
