@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import numpy as np
 import torch
 
 N_PATTERNS = 256
@@ -107,36 +108,68 @@ def encode(X: torch.Tensor) -> torch.Tensor:
         raise ValueError("the E8P codebook needs d = 8")
     lead = X.shape[:-1]
     Y = X.reshape(-1, 8).to(torch.float32)
-    A = patterns(device=Y.device)
-    search = _nearest_signed
     if Y.device.type == "cpu":  # the same search, compiled
-        from .kernels.e8p_search import nearest_signed  # numba is heavy: imported where used
+        from .kernels.e8p_search import encode_codes  # numba is heavy: imported where used
 
-        search = functools.partial(nearest_signed, pattern_parity=_pattern_parity(A))
+        code = encode_codes(Y, SHIFT, search_tables())
+    else:
+        code = _encode_torch(Y)
+    fields = (code[:, None] >> (2 * torch.arange(8, device=Y.device))) & 3
+    return fields.reshape(*lead, 8)
+
+
+@functools.lru_cache(maxsize=1)
+def search_tables() -> tuple[np.ndarray, ...]:
+    """The patterns split by parity for the compiled search, each part in index order: (A
+    [256, 8], then for parity 0 and 1: Aᵀ [8, 128], ‖a‖² [128], indices into A [128]), float32
+    and int64 numpy (read only)."""
+    A = patterns()
+    odd = _pattern_parity(A)
+    parts = []
+    for par in (False, True):
+        idx = (odd == par).nonzero()[:, 0]
+        parts += [np.ascontiguousarray(A[idx].T.numpy()), (A[idx] ** 2).sum(1).numpy(), idx.numpy()]
+    return (np.ascontiguousarray(A.numpy()), *parts)
+
+
+def _encode_torch(Y: torch.Tensor) -> torch.Tensor:
+    """16-bit codes [N] int64 of the rows of Y [N, 8] float32, with batched torch products."""
+    A = patterns(device=Y.device)
     codes = []
     for Yc in Y.split(CHUNK):
         n = Yc.shape[0]
-        idx, signs, dist = search(torch.cat([Yc - SHIFT, Yc + SHIFT]), A)
+        idx, signs, dist = _nearest_signed(torch.cat([Yc - SHIFT, Yc + SHIFT]), A)
         down = dist[n:] < dist[:n]
         idx = torch.where(down, idx[n:], idx[:n])
         signs = torch.where(down[:, None], signs[n:], signs[:n])
         neg = (signs[:, :7] < 0).to(torch.int64)
         codes.append((down.to(torch.int64) << 15) | (idx << 7)
                      | (neg << torch.arange(7, device=Y.device)).sum(1))
-    code = torch.cat(codes) if codes else torch.zeros(0, dtype=torch.int64, device=Y.device)
-    fields = (code[:, None] >> (2 * torch.arange(8, device=Y.device))) & 3
-    return fields.reshape(*lead, 8)
+    return torch.cat(codes) if codes else torch.zeros(0, dtype=torch.int64, device=Y.device)
 
 
 def decode(U: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """Points [..., 8] (codebook units) of codes U [..., 8] made by :func:`encode`."""
     U = U.to(torch.int64)
     code = (U << (2 * torch.arange(8, device=U.device))).sum(-1)
+    if U.device.type == "cpu":  # one lookup in the table of all 2^16 points
+        return _all_points()[code].to(dtype)
+    return _decode_codes(code).to(dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_points() -> torch.Tensor:
+    """[65536, 8] float64: the point of every 16-bit code (read only)."""
+    return _decode_codes(torch.arange(1 << 16))
+
+
+def _decode_codes(code: torch.Tensor) -> torch.Tensor:
+    """Points [..., 8] float64 of 16-bit codes [...]: t·¼ + s ⊙ a, the eighth sign from parity."""
     idx = (code >> 7) & (N_PATTERNS - 1)
-    a = patterns(dtype=torch.float64, device=U.device)[idx]                  # [..., 8]
-    s7 = 1.0 - 2.0 * ((code[..., None] >> torch.arange(7, device=U.device)) & 1).to(torch.float64)
+    a = patterns(dtype=torch.float64, device=code.device)[idx]               # [..., 8]
+    s7 = 1.0 - 2.0 * ((code[..., None] >> torch.arange(7, device=code.device)) & 1).to(torch.float64)
     partial = (s7 * a[..., :7]).sum(-1) + a[..., 7]                          # Σ with s_7 = +1
     s_last = torch.where(torch.remainder(torch.round(partial), 2.0) == 0, 1.0, -1.0)
     s = torch.cat([s7, s_last[..., None]], -1)
     t = torch.where(((code >> 15) & 1) == 1, -SHIFT, SHIFT)
-    return (s * a + t[..., None]).to(dtype)
+    return s * a + t[..., None]

@@ -55,17 +55,16 @@ def test_e8p_kind_uses_the_box_e8_code_at_other_widths():
     assert torch.equal(lattice.nearest_decode(U, "E8P", 2), e8p.decode(U))
 
 
-def test_compiled_search_equals_the_torch_search():
-    """The CPU encoder's compiled search (lvq/kernels/e8p_search.py) gives the torch search's
-    pattern, signs and distance, across scales (tiny vectors: parity flips decide; large: far
-    from every pattern) and on exact lattice points."""
-    from lvq.kernels.e8p_search import nearest_signed
+def test_compiled_encoder_equals_the_torch_search():
+    """The CPU encoder (lvq/kernels/e8p_search.py) gives the torch search's codes across scales
+    (tiny vectors: parity flips decide; large: far from every pattern) and on exact codebook
+    points; decoding through the table of all points equals the formula."""
+    from lvq.kernels.e8p_search import encode_codes
 
-    A = e8p.patterns()
     g = torch.Generator().manual_seed(3)
     Y = torch.cat([torch.randn(3000, 8, generator=g) * s for s in (0.05, 0.5, 1.0, 3.0)]
-                  + [e8p.decode(torch.randint(0, 4, (500, 8), generator=g)) - e8p.SHIFT])
-    b0, s0, d0 = e8p._nearest_signed(Y, A)
-    b1, s1, d1 = nearest_signed(Y, A, e8p._pattern_parity(A))
-    assert torch.equal(b0, b1) and torch.equal(s0, s1)
-    torch.testing.assert_close(d1, d0, rtol=1e-5, atol=1e-5)
+                  + [e8p.decode(torch.randint(0, 4, (500, 8), generator=g))])
+    code = encode_codes(Y, e8p.SHIFT, e8p.search_tables())
+    assert torch.equal(code, e8p._encode_torch(Y))
+    U = (code[:, None] >> (2 * torch.arange(8))) & 3
+    assert torch.equal(e8p.decode(U, torch.float64), e8p._decode_codes(code))

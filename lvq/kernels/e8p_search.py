@@ -1,5 +1,5 @@
-"""The E8P nearest-point search (lvq/e8p.py) compiled for the CPU: one pass over the 256
-patterns per vector instead of [N, 256] score matrices.
+"""The E8P encoder (lvq/e8p.py) compiled for the CPU: one pass over the 256 patterns per vector
+and shift instead of [N, 256] score matrices, and the 16-bit code built in the same call.
 
 Same search and same answers as ``lvq.e8p._nearest_signed`` (its docstring has the derivation):
 per vector y and pattern a, base = ‖a‖² − 2⟨|y|, a⟩ with the signs of y; a pattern whose sign
@@ -17,72 +17,83 @@ from ._common import jit
 
 
 @jit()
-def _search(Y, A, asq, parity, best, flip_at, dist):
-    """For each row of Y [N, 8] float32: best pattern index, the coordinate whose sign flips
-    (−1: none) and the squared distance, into best [N] int64, flip_at [N] int64, dist [N] float32."""
-    n_pat = A.shape[0]
+def _best(ay, AT, asq, limit, want_flip, A, idx, d):
+    """Over the patterns of one parity (Aᵀ [8, m] in index order): the lowest score below
+    ``limit`` and its (pattern, flip coordinate or −1). Score: ‖a‖² − 2⟨|y|, a⟩, plus
+    4·min_i |y_i| a_i when ``want_flip`` (the signs' parity is wrong for this set)."""
+    m = AT.shape[1]
+    for k in range(m):
+        d[k] = asq[k]
+    for i in range(8):  # SIMD over the patterns
+        a = np.float32(2.0) * ay[i]
+        for k in range(m):
+            d[k] -= a * AT[i, k]
+    best, at, flip = limit, -1, -1
+    for k in range(m):
+        if d[k] < best:
+            if not want_flip:
+                best, at = d[k], k
+                continue
+            row = A[idx[k]]
+            mn = ay[0] * row[0]
+            f = 0
+            for i in range(1, 8):
+                t = ay[i] * row[i]
+                if t < mn:
+                    mn, f = t, i
+            score = d[k] + np.float32(4.0) * mn
+            if score < best:
+                best, at, flip = score, k, f
+    return best, (-1 if at < 0 else idx[at]), flip
+
+
+@jit()
+def _encode(Y, shift, A, AT0, asq0, idx0, AT1, asq1, idx1, code):
+    """code [N] int64: the E8P code (lvq/e8p.py) of the nearest codebook point to each row of
+    Y [N, 8] float32: for both shifts t, the nearest signed pattern to y − t·¼ (right parity
+    first, a wrong-parity pattern only when strictly better), then the shift whose distance is
+    strictly smaller wins for "down" (t = −1), as in the torch search."""
     ay = np.empty(8, dtype=np.float32)
+    z = np.empty(8, dtype=np.float32)
+    d = np.empty(AT0.shape[1], dtype=np.float32)
     for r in range(Y.shape[0]):
-        neg = 0
-        yy = np.float32(0.0)
-        for i in range(8):
-            v = Y[r, i]
-            yy += v * v
-            ay[i] = abs(v)
-            if v < 0:
-                neg += 1
-        sp = neg & 1
-        b_right = np.float32(np.inf)
-        k_right = -1
-        for k in range(n_pat):  # right parity first, as the torch search starts from it
-            if (sp ^ parity[k]) == 0:
-                dot = np.float32(0.0)
-                for i in range(8):
-                    dot += ay[i] * A[k, i]
-                base = asq[k] - np.float32(2.0) * dot
-                if base < b_right:
-                    b_right = base
-                    k_right = k
-        b_best = b_right
-        k_best = k_right
-        f_best = -1
-        for k in range(n_pat):
-            if (sp ^ parity[k]) == 1:
-                dot = np.float32(0.0)
-                for i in range(8):
-                    dot += ay[i] * A[k, i]
-                base = asq[k] - np.float32(2.0) * dot
-                if base < b_best:  # a lower bound of the corrected score
-                    m = ay[0] * A[k, 0]
-                    at = 0
-                    for i in range(1, 8):
-                        t = ay[i] * A[k, i]
-                        if t < m:
-                            m = t
-                            at = i
-                    score = base + np.float32(4.0) * m
-                    if score < b_best:
-                        b_best = score
-                        k_best = k
-                        f_best = at
-        best[r] = k_best
-        flip_at[r] = f_best
-        dist[r] = b_best + yy
+        res_code = np.int64(0)
+        res_dist = np.float32(np.inf)
+        for down in range(2):
+            t = shift if down == 0 else -shift
+            neg = 0
+            zz = np.float32(0.0)
+            for i in range(8):
+                z[i] = Y[r, i] - t
+                zz += z[i] * z[i]
+                ay[i] = abs(z[i])
+                if z[i] < 0:
+                    neg += 1
+            if neg & 1 == 0:
+                b, k, f = _best(ay, AT0, asq0, np.float32(np.inf), False, A, idx0, d)
+                b, k2, f2 = _best(ay, AT1, asq1, b, True, A, idx1, d)
+            else:
+                b, k, f = _best(ay, AT1, asq1, np.float32(np.inf), False, A, idx1, d)
+                b, k2, f2 = _best(ay, AT0, asq0, b, True, A, idx0, d)
+            if k2 >= 0:
+                k, f = k2, f2
+            dist = b + zz
+            if down == 0 or dist < res_dist:
+                c = np.int64(down) << 15 | np.int64(k) << 7
+                for i in range(7):
+                    negative = z[i] < 0
+                    if i == f:
+                        negative = not negative
+                    if negative:
+                        c |= np.int64(1) << i
+                res_code, res_dist = c, dist
+        code[r] = res_code
 
 
-def nearest_signed(Y: torch.Tensor, A: torch.Tensor, pattern_parity: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pattern [N] int64, signs [N, 8] ±1, squared distance [N]) of the nearest point of
-    {s ⊙ a : a ∈ A, Σ s⊙a even} to each row of Y [N, 8] (CPU, float32)."""
+def encode_codes(Y: torch.Tensor, shift: float, tables: tuple[np.ndarray, ...]) -> torch.Tensor:
+    """16-bit E8P codes [N] int64 of the nearest codebook points to the rows of Y [N, 8] (CPU).
+    tables: the patterns split by parity (``lvq.e8p.search_tables``)."""
     Yn = np.ascontiguousarray(Y.detach().to(torch.float32).numpy())
-    An = np.ascontiguousarray(A.to(torch.float32).numpy())
-    n = Yn.shape[0]
-    best = np.empty(n, dtype=np.int64)
-    flip_at = np.empty(n, dtype=np.int64)
-    dist = np.empty(n, dtype=np.float32)
-    _search(Yn, An, (An * An).sum(1), pattern_parity.to(torch.int64).numpy(), best, flip_at, dist)
-    signs = torch.where(Y >= 0, 1.0, -1.0).to(Y.dtype)
-    flip = torch.from_numpy(flip_at)
-    rows = (flip >= 0).nonzero()[:, 0]
-    signs[rows, flip[rows]] *= -1.0
-    return torch.from_numpy(best), signs, torch.from_numpy(dist).to(Y.dtype)
+    code = np.empty(Yn.shape[0], dtype=np.int64)
+    _encode(Yn, np.float32(shift), *tables, code)
+    return torch.from_numpy(code)
