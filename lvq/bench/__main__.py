@@ -97,6 +97,13 @@ def sweep_grid(sweep):
     return pd.DataFrame(out)
 
 
+LEVER_NOTE = (
+    "Read a lever as two rows of one method, with it and without it, over the same calibration "
+    "seeds: a difference is a finding only where the two [min – max] ranges do not overlap (a row "
+    "with n = 1 has no range). Rows whose config and seed equal a model-table run are that run, "
+    "copied. The fine-tuning levers (lvq/bench/quality.py: end-to-end, chat windows, block "
+    "fine-tuning, trained rotation signs) cost tens of minutes per run; rows missing here were "
+    "not run, and the model table's fast and quality rows are the end-to-end pair.")
 DECODE_NOTE = (
     "Each target runs in its own process, twice (all targets, then all again in reverse order); "
     "decode_tok_s is the median of the six timed 128-token generations (decode_min, decode_max: "
@@ -108,7 +115,8 @@ DECODE_NOTE = (
 
 
 def _extras() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"sweep": [_sweep_caveat(), ""], "decode": [DECODE_NOTE, ""]}
+    out: dict[str, list[str]] = {"sweep": [_sweep_caveat(), ""], "decode": [DECODE_NOTE, ""],
+                                 "ablation": [LEVER_NOTE, ""]}
     f = ASSETS / "sweep.csv"
     if f.is_file():
         out["sweep"] += ["Perplexity (bits per weight) by critical ratio λ and extended codebooks m:", "",
