@@ -21,6 +21,8 @@ def saved_run(tiny_model_dir, tiny_corpus, tmp_path):
 def test_round_trip_reproduces_perplexity(saved_run):
     path, ppl, text = saved_run
     model, tok, report = lvq.load_run(path, device="cpu")
+    qlins = [m for m in model.modules() if isinstance(m, lvq.QuantizedLinear)]
+    assert qlins and all(m.mode == "packed" and m._kernel is not None for m in qlins)  # prepared at load
     assert lvq.perplexity(model, tok, text, seqlen=64) == pytest.approx(ppl, rel=1e-4)
     assert len(report.layers) == 14
     info = lvq.read_run_info(path)
