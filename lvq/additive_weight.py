@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -128,13 +127,20 @@ class CRVQWeight(QuantizedWeight):
 
     def kernel(self):
         """Per token, each codebook's inner products with the input slices form a lookup table;
-        the output is a gather-sum over the codes (lvq/kernels/additive.py)."""
+        the output is a gather-sum over the codes (lvq/kernels/additive.py). Many tokens (a
+        prompt's prefill) decode Ŵ for the call and let torch multiply on every thread."""
         from . import kernels  # numba is heavy and only the CPU decoding path needs it
 
         prepared = kernels.prepare_additive(list(self.codes), list(self.codebooks), self.scales,
                                             self.perm_index, list(self.code_bits),
                                             self.out_features, self.in_features)
-        return partial(kernels.additive_matmul, prepared=prepared)
+        few = kernels.scalar.DENSE_MIN_TOKENS * self.in_features
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() > few:
+                return self.linear(x.to(torch.float32))
+            return kernels.additive_matmul(x, prepared)
+        return run
 
     def bit_breakdown(self) -> dict[str, int]:
         """Counted from the stored tensors (tests check it equals ``bit_breakdown_for``)."""

@@ -228,6 +228,10 @@ def _run_decode(only: set[str] | None) -> None:
                      "prefill_tok_s": med("prefill_tok_s"), "rss_mb": med("rss_mb"),
                      "loaded_rss_mb": med("loaded_rss_mb"), "imports_rss_mb": med("imports_rss_mb")})
     df = pd.DataFrame(rows)
+    old = ASSETS / "decode.csv"
+    if only and old.is_file():  # a partial rerun replaces its own rows only
+        prev = pd.read_csv(old)
+        df = pd.concat([prev[~prev["label"].isin(df["label"])], df], ignore_index=True)
     if len(df) and (df["label"] == "fp32 (reference)").any():
         fp = df[df["label"] == "fp32 (reference)"].iloc[0]
         df["decode_vs_fp32"] = df["decode_tok_s"] / fp["decode_tok_s"]
