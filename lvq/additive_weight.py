@@ -134,7 +134,7 @@ class CRVQWeight(QuantizedWeight):
         prepared = kernels.prepare_additive(list(self.codes), list(self.codebooks), self.scales,
                                             self.perm_index, list(self.code_bits),
                                             self.out_features, self.in_features)
-        few = kernels.scalar.DENSE_MIN_TOKENS * self.in_features
+        few = kernels._common.DENSE_MIN_TOKENS * self.in_features
 
         def run(x: torch.Tensor) -> torch.Tensor:
             if x.numel() > few:

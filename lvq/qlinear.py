@@ -88,7 +88,7 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "packed" and x.is_cpu and not torch.is_grad_enabled():
-            kernel = self._kernel if self._kernel is not None else self._prepared_kernel()
+            kernel = self._prepared_kernel()
             if kernel is not None:  # the decode hot path: no other torch op for fp32 inputs
                 y = kernel(x) if x.dtype is torch.float32 else kernel(x.to(torch.float32)).to(x.dtype)
                 return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -259,7 +259,7 @@ def test_hadamard_kernel_matches_torch_transform(n):
     for rot in (r, scaled):
         for transpose in (False, True):
             p = prepare_rht(rot, transpose)
-            for T in (1, 3, 40):  # 40: above TORCH_MIN_TOKENS, torch's transform
+            for T in (1, 3, 40):  # 40: above DENSE_MIN_TOKENS, torch's transform
                 x = torch.randn(T, n)
                 close(rht_apply(x, p), rot.apply_t(x) if transpose else rot.apply(x))
     x = torch.randn(2, 1, n)  # leading dims kept

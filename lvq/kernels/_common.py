@@ -32,6 +32,10 @@ _IMPORT_PID = os.getpid()
 # comparable to the whole product (192 x 576 at 2 bits: ~6 µs on one core).
 PARALLEL_MIN_WEIGHTS = 1 << 17
 
+# Above this many tokens (a prompt's prefill) a kernel call hands the product to torch: the
+# layer's Ŵ decoded for the call (scalar, lattice, additive), torch's batched transform (Hadamard).
+DENSE_MIN_TOKENS = 16
+
 
 def jit(**opts):
     """numba.njit(fastmath=True, boundscheck=False, cache=True, **opts) with a silent fallback to

@@ -22,9 +22,7 @@ import numpy as np
 import torch
 
 from ..rotation import RHT, small_factor
-from ._common import as_rows, from_rows, jit
-
-TORCH_MIN_TOKENS = 16
+from ._common import DENSE_MIN_TOKENS, as_rows, from_rows, jit
 
 
 @dataclass(frozen=True)
@@ -93,8 +91,8 @@ def _rht_rows(x, signs, mix, pre, y):
 
 def rht_apply(x: torch.Tensor, prepared: RHTPrepared) -> torch.Tensor:
     """The prepared transform along the last dim: x [..., n] -> float32 [..., n] (no autograd).
-    Above ``TORCH_MIN_TOKENS`` rows torch's batched transform (lvq/rotation.py) is faster."""
-    if x.numel() > TORCH_MIN_TOKENS * prepared.n:
+    Above ``DENSE_MIN_TOKENS`` rows torch's batched transform (lvq/rotation.py) is faster."""
+    if x.numel() > DENSE_MIN_TOKENS * prepared.n:
         r, x = prepared.rht, x.to(torch.float32)
         return r.apply(x) if prepared.pre else r.apply_t(x)
     xn, lead = as_rows(x, prepared.n)

@@ -29,14 +29,13 @@ from numba import prange
 from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
-from ._common import all_row_blocks, as_rows, call_layout, field_f32, from_rows, half_f32, jit
+from ._common import (DENSE_MIN_TOKENS, all_row_blocks, as_rows, call_layout, field_f32, from_rows,
+                      half_f32, jit)
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
 XFORM_NONE, XFORM_MATRIX, XFORM_SCALAR = 0, 1, 2
 DENSE_ROWS = 8  # dense (fp16) groups are padded to a multiple of this many columns
-# Above this many tokens a call decodes Ŵ (``grouped_dense``) and lets torch multiply.
-DENSE_MIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
