@@ -76,8 +76,14 @@ def levers() -> list[Entry]:
 CALIB_TOKENS = (16_384, 65_536, 262_144)
 
 
+QUALITY_CALIB_TOKENS = (16_384, 65_536)
+
+
 def calibration_curve() -> list[tuple[str, object, int]]:
     """(label, config, calibration windows of 512 tokens) for the perplexity-vs-calibration-size
-    curve of the GLVQ fast preset."""
-    return [(f"GLVQ 2 bpw (fast) with {t // 1024}k calibration tokens", glvq_fast(2.0), t // 512)
-            for t in CALIB_TOKENS]
+    curves: the GLVQ fast preset up to 256k tokens, the quality preset (its end-to-end fine-tuning
+    trains on the same windows) up to 64k, the largest size whose peak memory stays under 4 GB."""
+    return ([(f"GLVQ 2 bpw (fast) with {t // 1024}k calibration tokens", glvq_fast(2.0), t // 512)
+             for t in CALIB_TOKENS]
+            + [(f"GLVQ 2 bpw (quality) with {t // 1024}k calibration tokens", glvq_quality(2.0), t // 512)
+               for t in QUALITY_CALIB_TOKENS])
