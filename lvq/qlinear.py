@@ -21,16 +21,17 @@ drops the derived forms after the stored tensors changed (fine-tuning does this)
 """
 from __future__ import annotations
 
-import ctypes
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .memory import release_free_memory
 from .qweight import QuantizedWeight
 
 MODES = ("packed", "dense", "decode", "train")
+WARM_TOKENS = (1, 4, 24)  # one decoding step, a short prompt, a long one (lvq/kernels/_common.py)
 
 
 class QuantizedLinear(nn.Module):
@@ -123,21 +124,22 @@ def set_inference_mode(model: nn.Module, mode: str) -> int:
 
 def prepare_kernels(model: nn.Module) -> int:
     """Prepare the CPU kernel of every QuantizedLinear in "packed" mode on the CPU now rather
-    than at its first forward, then hand the preparation's freed temporaries back to the
-    operating system (glibc keeps them otherwise: ~100 MB on the bundled model). Returns how
-    many kernels were prepared."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, QuantizedLinear) and m.mode == "packed" and all(
-                t.device.type == "cpu" for t in m.buffers()):
-            n += m._prepared_kernel() is not None
+    than at its first forward, and run it on zero inputs (numba compiles, or loads from its
+    cache, the paths a chat takes here rather than in the first reply: one token on every layer,
+    a few tokens and a prompt on the first layer of each method). Then hand the
+    preparation's freed temporaries back to the operating system (lvq/memory.py; glibc keeps
+    them otherwise: ~100 MB on the bundled model). Returns how many kernels were prepared."""
+    n, warm = 0, set()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, QuantizedLinear) and m.mode == "packed" and all(
+                    t.device.type == "cpu" for t in m.buffers()):
+                kernel = m._prepared_kernel()
+                if kernel is not None:
+                    for tokens in WARM_TOKENS if m.weight_cls not in warm else WARM_TOKENS[:1]:
+                        kernel(torch.zeros(tokens, m.in_features))
+                    warm.add(m.weight_cls)
+                    n += 1
     release_free_memory()
     return n
 
-
-def release_free_memory() -> None:
-    """Return the C heap's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

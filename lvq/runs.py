@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
+from .memory import page_out, page_out_compiler, release_free_memory
 from .hf import QUANT_METHOD, hf_quantization_config
 from .methods import get_method, weight_class
 from .qembedding import (QuantizedEmbedding, embedding_entries, install_quantized_embeddings, is_head,
@@ -251,9 +252,13 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     model.to(device).eval()
     tie_heads(model)  # the move copied a tied lm_head's buffers: share them again
     set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
-    prepare_kernels(model)  # packed on CPU: the kernels now, not in the first reply
+    prepared = prepare_kernels(model)  # packed on CPU: the kernels now, not in the first reply
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
+    if prepared:  # decoding reads the kernels' layout, not the stored form (lvq/memory.py)
+        release_free_memory()
+        page_out(run_dir / "model.safetensors")
+        page_out_compiler()
     return model, tok, report
 
 

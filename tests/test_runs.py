@@ -24,6 +24,8 @@ def test_round_trip_reproduces_perplexity(saved_run):
     qlins = [m for m in model.modules() if isinstance(m, lvq.QuantizedLinear)]
     assert qlins and all(m.mode == "packed" and m._kernel is not None for m in qlins)  # prepared at load
     assert lvq.perplexity(model, tok, text, seqlen=64) == pytest.approx(ppl, rel=1e-4)
+    lvq.set_inference_mode(model, "decode")  # the stored tensors, paged out after loading (lvq/memory.py)
+    assert lvq.perplexity(model, tok, text, seqlen=64) == pytest.approx(ppl, rel=1e-4)
     assert len(report.layers) == 14
     info = lvq.read_run_info(path)
     assert {k: info["method"][k] for k in ("method", "bits", "group_size", "damp", "act_order",
