@@ -24,6 +24,7 @@ import psutil
 import torch
 
 from .errors import LvqError
+from .memory import release_free_memory
 
 
 @dataclass(frozen=True)
@@ -253,4 +254,5 @@ def load_model(name_or_path: str, device: str | torch.device | None = None,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     model.config.lvq_source = name_or_path
+    release_free_memory()  # loading's temporaries back to the OS, as load_run does (lvq/memory.py)
     return model, tok

@@ -109,8 +109,10 @@ DECODE_NOTE = (
     "decode_tok_s is the median of the six timed 128-token generations (decode_min, decode_max: "
     "their range), timed from the first new token to the last, so the prompt's prefill is not in "
     "it. prefill_tok_s: one 512-token forward. Memory: imports_rss_mb after importing lvq and "
-    "transformers, loaded_rss_mb after loading (for a run: kernels prepared, numba's compiler "
-    "loaded), rss_mb after generating and the prefill; rss_vs_fp32 compares rss_mb. \"+ 8-bit "
+    "transformers, loaded_rss_mb after loading (for a run: kernels prepared and warmed, then the "
+    "run file's pages and numba's compiler paged out, lvq/memory.py), rss_mb while chatting "
+    "(after the generations: prompts and replies with the KV cache), prefill_rss_mb after the "
+    "512-token forward (its logits alone are 100 MB); rss_vs_fp32 compares rss_mb. \"+ 8-bit "
     "embeddings\": the same run with its embedding and lm_head quantized to 8 bits (RTN per row).")
 
 
@@ -226,6 +228,7 @@ def _run_decode(only: set[str] | None) -> None:
                      "decode_min": min(x for r in rs for x in r["decode_runs"]),
                      "decode_max": max(x for r in rs for x in r["decode_runs"]),
                      "prefill_tok_s": med("prefill_tok_s"), "rss_mb": med("rss_mb"),
+                     "prefill_rss_mb": med("prefill_rss_mb"),
                      "loaded_rss_mb": med("loaded_rss_mb"), "imports_rss_mb": med("imports_rss_mb")})
     df = pd.DataFrame(rows)
     old = ASSETS / "decode.csv"
