@@ -7,23 +7,66 @@ rel_error = ‖(W − Ŵ)X‖²/‖WX‖² on the calibration inputs, time_s, pl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-@dataclass
 class Report:
-    layers: pd.DataFrame = field(default_factory=pd.DataFrame)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """``layers`` and ``tables`` as pandas DataFrames. A report loaded from a folder reads its
+    CSV files on first access: a process that only chats with a loaded run never imports pandas
+    (~70 MB of memory)."""
+
+    def __init__(self, layers: pd.DataFrame | None = None,
+                 tables: dict[str, pd.DataFrame] | None = None) -> None:
+        self._layers = layers
+        self._tables = tables
+        self._folder: Path | None = None
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        self._read()
+        return self._layers
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        self._read()
+        return self._tables
+
+    def _read(self) -> None:
+        if self._layers is not None and self._tables is not None:
+            return
+        import pandas as pd  # heavy: imported when a table is first used
+
+        folder, self._folder = self._folder, None
+        if self._layers is None:
+            f = folder / "layers.csv" if folder is not None else None
+            self._layers = pd.read_csv(f) if f is not None and f.is_file() else pd.DataFrame()
+        if self._tables is None:
+            self._tables = ({f.stem: pd.read_csv(f) for f in sorted(folder.glob("*.csv")) if f.stem != "layers"}
+                            if folder is not None else {})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Report):
+            return NotImplemented
+        return (self.layers.equals(other.layers) and self.tables.keys() == other.tables.keys()
+                and all(df.equals(other.tables[k]) for k, df in self.tables.items()))
+
+    __hash__ = None  # mutable tables
+
+    def __repr__(self) -> str:
+        if self._layers is None and self._folder is not None:
+            return f"Report(unread: {self._folder})"
+        return f"Report({len(self.layers)} layers, tables {sorted(self.tables)})"
 
     @classmethod
     def from_records(cls, layer_rows: list[dict[str, Any]],
                      table_rows: dict[str, list[dict[str, Any]]]) -> "Report":
-        return cls(pd.DataFrame(layer_rows),
-                   {k: pd.DataFrame(v) for k, v in table_rows.items() if v})
+        import pandas as pd
+
+        return cls(pd.DataFrame(layer_rows), {k: pd.DataFrame(v) for k, v in table_rows.items() if v})
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -33,9 +76,10 @@ class Report:
 
     @classmethod
     def load(cls, folder: Path) -> "Report":
-        layers = pd.read_csv(folder / "layers.csv") if (folder / "layers.csv").is_file() else pd.DataFrame()
-        tables = {f.stem: pd.read_csv(f) for f in sorted(folder.glob("*.csv")) if f.stem != "layers"}
-        return cls(layers, tables)
+        """The report saved in ``folder`` (its CSV files are read on first access)."""
+        report = cls()
+        report._folder = Path(folder)
+        return report
 
 
 def split_stats(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:

@@ -24,22 +24,24 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
-from .memory import page_out, page_out_compiler, release_free_memory
 from .hf import QUANT_METHOD, hf_quantization_config
+from .memory import page_out, page_out_compiler, release_free_memory
 from .methods import get_method, weight_class
 from .qembedding import (QuantizedEmbedding, embedding_entries, install_quantized_embeddings, is_head,
                          quantized_model_size, tie_heads)
 from .qlinear import QuantizedLinear, prepare_kernels, set_inference_mode
 from .report import Report
 from .version import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT = "lvq-run"
 VERSION = 1
@@ -380,6 +382,7 @@ RUN_COLUMNS = ["run", "path", "model", "method", "bits_per_weight", "model_mb", 
 
 def list_runs(root: str | Path) -> pd.DataFrame:
     """One row per valid run folder under ``root`` (folders that are not runs are skipped)."""
+    import pandas as pd  # heavy: not needed to load a run
     rows = []
     root = Path(root)
     for d in sorted(root.iterdir()) if root.is_dir() else []:
