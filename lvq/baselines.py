@@ -13,7 +13,6 @@ tr((W − Ŵ) H (W − Ŵ)ᵀ) stays small.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -115,7 +114,7 @@ class RTNWeight(QuantizedWeight):
 
         prepared = kernels.prepare_scalar(self.codes, self.scale, self.zero, self.bits, self.group_size,
                                           self.out_features, self.in_features)
-        return partial(kernels.scalar_matmul, prepared=prepared)
+        return kernels.GroupedKernel(prepared)
 
 
 def _pack_weight(Q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cfg, method: str) -> RTNWeight:

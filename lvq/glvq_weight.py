@@ -13,7 +13,6 @@ F⁻¹ the μ-law expansion (lvq/companding.py; μ = 0 stores "no companding"). 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -216,7 +215,7 @@ class GLVQWeight(QuantizedWeight):
         prepared = kernels.prepare_lattice(self.group_codes(), self.widths, self.scales,
                                            [self.generator(g) for g in range(len(self.widths))], mus,
                                            self.dim, decoder=self.decoder, lattice=self.lattice)
-        return partial(kernels.lattice_matmul, prepared=prepared)
+        return kernels.GroupedKernel(prepared)
 
     def group_view(self, g: int, W: torch.Tensor | None = None) -> GroupView:
         """Group g as lattice coordinates; ``W`` = the layer's original weight [out, in] if known."""

@@ -77,10 +77,12 @@ class RotatedWeight(QuantizedWeight):
         inner = self.inner.kernel()
         if inner is None:
             return None
-        from .kernels.hadamard import prepare_rht, rht_apply  # numba: only the CPU decoding path
+        from .kernels.hadamard import (  # numba: only the CPU decoding path
+            RotatedKernel,
+            prepare_rht,
+        )
 
-        u, v = prepare_rht(self.U, transpose=True), prepare_rht(self.V)
-        return lambda x: rht_apply(inner(rht_apply(x, v)), u)  # y = Uᵀ Q(W') (V x)
+        return RotatedKernel(inner, prepare_rht(self.V), prepare_rht(self.U, transpose=True))  # y = Uᵀ Q(W') (V x)
 
     def bit_breakdown(self) -> dict[str, int]:
         n = self.out_features + self.in_features

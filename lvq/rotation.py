@@ -176,11 +176,11 @@ def small_factor(spec: HadamardSpec | int, dtype=torch.float64, device=None) -> 
     if spec.kind == "orthogonal":
         return _orthogonal(spec.m, spec.seed).to(dtype=dtype, device=device, copy=True)
     if spec.kind == "sylvester":
-        return _sylvester(spec.m).to(dtype=dtype, device=device) / math.sqrt(spec.m)
+        return sylvester(spec.m).to(dtype=dtype, device=device) / math.sqrt(spec.m)
     return _paley(spec.kind, spec.q).to(dtype=dtype, device=device) / math.sqrt(spec.m)
 
 
-def _sylvester(p: int) -> torch.Tensor:
+def sylvester(p: int) -> torch.Tensor:
     """±1 Sylvester matrix of order p = 2^k, int64 [p, p]."""
     H = torch.ones(1, 1, dtype=torch.int64)
     while H.shape[0] < p:
@@ -188,7 +188,7 @@ def _sylvester(p: int) -> torch.Tensor:
     return H
 
 
-_radix_block = functools.lru_cache(maxsize=8)(_sylvester)       # H_r, r ≤ 32 (read only)
+_radix_block = functools.lru_cache(maxsize=8)(sylvester)       # H_r, r ≤ 32 (read only)
 
 
 def hadamard_matrix(spec: HadamardSpec | int, *, normalized: bool = True,
@@ -196,12 +196,12 @@ def hadamard_matrix(spec: HadamardSpec | int, *, normalized: bool = True,
     """Dense T [n, n] (orthonormal), or with normalized=False the ±1 matrix √n·T (int64)."""
     spec = _as_spec(spec)
     if normalized:
-        return torch.kron(small_factor(spec, dtype), _sylvester(spec.pow2).to(dtype)
+        return torch.kron(small_factor(spec, dtype), sylvester(spec.pow2).to(dtype)
                           / math.sqrt(spec.pow2))
     if not spec.is_hadamard:
         raise ValueError(f"order {spec.n} has no Hadamard construction here (kind 'orthogonal')")
-    small = _sylvester(spec.m) if spec.kind == "sylvester" else _paley(spec.kind, spec.q)
-    return torch.kron(small.to(torch.int64), _sylvester(spec.pow2))
+    small = sylvester(spec.m) if spec.kind == "sylvester" else _paley(spec.kind, spec.q)
+    return torch.kron(small.to(torch.int64), sylvester(spec.pow2))
 
 
 def _stages(spec: HadamardSpec, dtype, device, transpose: bool) -> list[torch.Tensor]:

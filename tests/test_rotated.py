@@ -59,16 +59,23 @@ def test_rotation_lowers_the_error_of_a_layer_with_outliers():
         assert rotated < 0.9 * plain, (cfg.method, rotated, plain)
 
 
-def test_packed_kernel_of_a_rotated_layer_matches():
+@pytest.mark.parametrize("cfg", [
+    lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8", decoder="nearest", incoherence=True),
+    lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8P", decoder="nearest", incoherence=True),
+    lvq.GPTQConfig(bits=3, group_size=32, incoherence=True)])
+def test_packed_kernel_of_a_rotated_layer_matches(cfg):
     W, H = _layer(out=40, inn=96)
-    q = lvq.quantize_layer(W, H, lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8",
-                                                decoder="nearest", incoherence=True))
+    q = lvq.quantize_layer(W, H, cfg)
     lin = lvq.QuantizedLinear(q, mode="packed")
     with torch.no_grad():
-        for T in (2, 40):  # the numba transforms and codes kernel; the prefill path
-            x = torch.randn(T, 96)
-            assert torch.allclose(lin(x), F.linear(x, q.dequantize()), atol=1e-4)
-    assert lin._kernel is not None
+        # one token (the fused one-call path, in every shape generate passes), a few (the numba
+        # transforms and the codes kernel), many (the prefill path)
+        for shape in ((96,), (1, 96), (1, 1, 96), (2, 96), (40, 96)):
+            x = torch.randn(shape)
+            y = lin(x)
+            assert y.shape == (*shape[:-1], 40)
+            assert torch.allclose(y, F.linear(x, q.dequantize()), atol=1e-4), shape
+    assert lin._kernel._single is not None  # the fused one-token call was the one tested
 
 
 def test_rotated_run_saves_and_reloads(tiny_model_dir, tiny_corpus, tmp_path):

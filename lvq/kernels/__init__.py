@@ -22,9 +22,9 @@ cache-resident fp32 matrix and to T = 8 against fp32 streamed from memory.
 """
 from .additive import AdditivePrepared, additive_matmul, permutation_index, prepare_additive
 from .lattice import lattice_matmul, prepare_lattice
-from .scalar import GroupedCodes, grouped_matmul, prepare_scalar, scalar_matmul
+from .scalar import GroupedCodes, GroupedKernel, grouped_matmul, prepare_scalar, scalar_matmul
 
 __all__ = [
-    "AdditivePrepared", "GroupedCodes", "additive_matmul", "grouped_matmul", "lattice_matmul",
+    "AdditivePrepared", "GroupedCodes", "GroupedKernel", "additive_matmul", "grouped_matmul", "lattice_matmul",
     "permutation_index", "prepare_additive", "prepare_lattice", "prepare_scalar", "scalar_matmul",
 ]

@@ -29,8 +29,16 @@ from numba import prange
 from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
-from ._common import (DENSE_MIN_TOKENS, all_row_blocks, as_rows, call_layout, field_f32, from_rows,
-                      half_f32, jit)
+from ._common import (
+    DENSE_MIN_TOKENS,
+    all_row_blocks,
+    as_rows,
+    call_layout,
+    field_f32,
+    from_rows,
+    half_f32,
+    jit,
+)
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
@@ -298,6 +306,25 @@ def _make_single(bits: int):
 
 
 _SINGLE = MappingProxyType({b: _make_single(b) for b in range(MAX_WORD_BITS + 1)})
+
+
+class GroupedKernel:
+    """``x -> grouped_matmul(x, prepared)``, the kernel object a quantized weight hands out
+    (``QuantizedWeight.kernel()``); a single fp32 token through a one-width layer goes straight
+    to its compiled one-token function."""
+
+    def __init__(self, prepared: GroupedCodes) -> None:
+        self.prepared = prepared
+        self.in_features, self.out_features = prepared.in_features, prepared.out_features
+        self._single = None if prepared.single is None else (_SINGLE[prepared.single[0]], prepared.single[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if (self._single is not None and x.numel() == self.in_features and x.dtype is torch.float32
+                and x.is_contiguous() and not x.requires_grad and x.is_cpu):
+            fn, args = self._single
+            y = fn(x.view(1, self.in_features).numpy(), *args)
+            return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
+        return grouped_matmul(x, self.prepared)
 
 
 def grouped_matmul(x: torch.Tensor, p: GroupedCodes, threads: int | None = None) -> torch.Tensor:
