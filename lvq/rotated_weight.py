@@ -77,12 +77,10 @@ class RotatedWeight(QuantizedWeight):
         inner = self.inner.kernel()
         if inner is None:
             return None
-        from .kernels.hadamard import (  # numba: only the CPU decoding path
-            RotatedKernel,
-            prepare_rht,
-        )
+        from .kernels.hadamard import RotatedKernel, prepare_rht  # numba: only the CPU decoding path
 
-        return RotatedKernel(inner, prepare_rht(self.V), prepare_rht(self.U, transpose=True))  # y = Uᵀ Q(W') (V x)
+        # y = Uᵀ Q(W') (V x)
+        return RotatedKernel(inner, prepare_rht(self.V), prepare_rht(self.U, transpose=True))
 
     def bit_breakdown(self) -> dict[str, int]:
         n = self.out_features + self.in_features
