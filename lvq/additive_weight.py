@@ -134,13 +134,7 @@ class CRVQWeight(QuantizedWeight):
         prepared = kernels.prepare_additive(list(self.codes), list(self.codebooks), self.scales,
                                             self.perm_index, list(self.code_bits),
                                             self.out_features, self.in_features)
-        few = kernels._common.DENSE_MIN_TOKENS * self.in_features
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() > few:
-                return self.linear(x.to(torch.float32))
-            return kernels.additive_matmul(x, prepared)
-        return run
+        return kernels.AdditiveKernel(prepared, dense=self.linear)
 
     def bit_breakdown(self) -> dict[str, int]:
         """Counted from the stored tensors (tests check it equals ``bit_breakdown_for``)."""

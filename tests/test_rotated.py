@@ -62,7 +62,9 @@ def test_rotation_lowers_the_error_of_a_layer_with_outliers():
 @pytest.mark.parametrize("cfg", [
     lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8", decoder="nearest", incoherence=True),
     lvq.GLVQConfig(bits=2.0, group_size=32, steps=0, lattice="E8P", decoder="nearest", incoherence=True),
-    lvq.GPTQConfig(bits=3, group_size=32, incoherence=True)])
+    lvq.GPTQConfig(bits=3, group_size=32, incoherence=True),
+    lvq.CRVQConfig(dim=8, codebook_bits=6, extended_bits=4, num_extended=1, incoherence=True,
+                   epochs=1, adam_steps=0)])
 def test_packed_kernel_of_a_rotated_layer_matches(cfg):
     W, H = _layer(out=40, inn=96)
     q = lvq.quantize_layer(W, H, cfg)

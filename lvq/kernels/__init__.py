@@ -20,11 +20,11 @@ OpenMP runtime beside torch's: see ``_common.num_blocks`` for why that is opt-in
 served by decoding Ŵ once and calling F.linear: the kernels win up to T ~ 2-4 tokens against a
 cache-resident fp32 matrix and to T = 8 against fp32 streamed from memory.
 """
-from .additive import AdditivePrepared, additive_matmul, permutation_index, prepare_additive
+from .additive import AdditiveKernel, AdditivePrepared, additive_matmul, permutation_index, prepare_additive
 from .lattice import lattice_matmul, prepare_lattice
 from .scalar import GroupedCodes, GroupedKernel, grouped_matmul, prepare_scalar, scalar_matmul
 
 __all__ = [
-    "AdditivePrepared", "GroupedCodes", "GroupedKernel", "additive_matmul", "grouped_matmul", "lattice_matmul",
+    "AdditiveKernel", "AdditivePrepared", "GroupedCodes", "GroupedKernel", "additive_matmul", "grouped_matmul", "lattice_matmul",
     "permutation_index", "prepare_additive", "prepare_lattice", "prepare_scalar", "scalar_matmul",
 ]

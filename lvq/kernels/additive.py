@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Callable
 
 import numpy as np
 import torch
 from numba import prange
 
 from ..packing import unpack
-from ._common import all_row_blocks, call_layout, from_rows, jit, to_numpy
+from ._common import DENSE_MIN_TOKENS, all_row_blocks, call_layout, from_rows, jit, to_numpy
 
 DIMS = (2, 4, 8, 16)
 
@@ -158,12 +159,26 @@ def _make_lut(parallel: bool):
             acc = np.empty(r1 - r0, dtype=np.float32)
             for t in range(T):
                 acc[:] = 0.0
-                for r in range(R):
-                    e0, K = lrows[r, 0], lrows[r, 1]
-                    lg = lut[t, e0:e0 + K]
+                r = 0
+                while r + 4 <= R:  # four table rows per pass over the outputs: 1/4 the acc traffic
+                    l0 = lut[t, lrows[r, 0]:]
+                    l1 = lut[t, lrows[r + 1, 0]:]
+                    l2 = lut[t, lrows[r + 2, 0]:]
+                    l3 = lut[t, lrows[r + 3, 0]:]
+                    c0 = codesT[r, r0:r1]
+                    c1 = codesT[r + 1, r0:r1]
+                    c2 = codesT[r + 2, r0:r1]
+                    c3 = codesT[r + 3, r0:r1]
+                    for i in range(r1 - r0):
+                        acc[i] += ((l0[np.int32(c0[i])] + l1[np.int32(c1[i])])
+                                   + (l2[np.int32(c2[i])] + l3[np.int32(c3[i])]))
+                    r += 4
+                while r < R:
+                    lg = lut[t, lrows[r, 0]:]
                     cr = codesT[r, r0:r1]
                     for i in range(r1 - r0):
-                        acc[i] += lg[np.uint32(cr[i])]
+                        acc[i] += lg[np.int32(cr[i])]
+                    r += 1
                 for i in range(r1 - r0):
                     y[t, r0 + i] = acc[i] * s[r0 + i]
         return y
@@ -237,6 +252,33 @@ def additive_matmul(x: torch.Tensor, prepared: AdditivePrepared, path: str | Non
     else:
         raise ValueError(f"path must be None, 'lut' or 'decode', got {path!r}")
     return from_rows(y, lead)
+
+
+class AdditiveKernel:
+    """``x -> x Ŵᵀ`` for an additive layer, the object ``AdditiveWeight.kernel()`` hands out: many
+    tokens (a prompt's prefill) go to ``dense`` (the layer's own decode-and-multiply, torch on
+    every thread), a few to ``additive_matmul``, one fp32 token straight to its compiled
+    function (``one_token``: (fn, args) with fn(x [1, in], *args) -> y [1, out], which a rotated
+    layer fuses with its transforms, lvq/kernels/hadamard.py)."""
+
+    def __init__(self, prepared: AdditivePrepared, dense: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        p = self.prepared = prepared
+        self.dense = dense
+        self.in_features, self.out_features = p.in_features, p.out_features
+        if use_lut(1, p):
+            self.one_token = (_LUT[False], (p.perm, p.cbT, p.codes, p.lrows, p.s, p.blocks[1], p.lut_size))
+        else:
+            self.one_token = (_DECODE[p.dim, False], (p.perm, p.cb, p.codes, p.tab, p.s, p.blocks[1]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.numel() == self.in_features and x.dtype is torch.float32 and x.is_contiguous()
+                and not x.requires_grad and x.is_cpu):
+            fn, args = self.one_token
+            return torch.from_numpy(fn(x.view(1, self.in_features).numpy(), *args)).view(
+                *x.shape[:-1], self.out_features)
+        if x.numel() > DENSE_MIN_TOKENS * self.in_features:
+            return self.dense(x.to(torch.float32))
+        return additive_matmul(x, self.prepared)
 
 
 def permutation_index(perm_packed: torch.Tensor, in_features: int) -> torch.Tensor:

@@ -17,14 +17,14 @@ as one product Y [m, p] = F_m Z [m, p]; signs (apply_t). Cost per token n·(q + 
 multiply-adds, in three BLAS-sized steps rather than thousands of short loops.
 
 A rotated layer's one-token call is one compiled function (``RotatedKernel``): V's transform,
-the inner grouped-code product (lvq/kernels/scalar.py) and Uᵀ's transform, with no torch or
+the inner kernel's one-token product and Uᵀ's transform, with no torch or
 numpy objects made in between.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Callable
 
 import numpy as np
@@ -32,7 +32,6 @@ import torch
 
 from ..rotation import RHT, small_factor, sylvester
 from ._common import DENSE_MIN_TOKENS, as_rows, from_rows, jit
-from .scalar import _SINGLE, MAX_WORD_BITS, GroupedKernel
 
 
 @dataclass(frozen=True)
@@ -119,17 +118,16 @@ def rht_apply(x: torch.Tensor, prepared: RHTPrepared) -> torch.Tensor:
     return from_rows(y, lead)
 
 
-def _make_rotated_single(bits: int):
-    """One token through a rotated grouped-code layer in one compiled call: u = V x, z = Q(W') u
-    (the inner layer's one-width kernel), y = Uᵀ z."""
-    inner = _SINGLE[bits]
+@functools.lru_cache(maxsize=None)
+def _rotated_single(inner):
+    """One token through a rotated layer in one compiled call: u = V x, z = inner(u, *args) (the
+    inner kernel's compiled one-token function), y = Uᵀ z. One specialisation per inner function."""
 
     @jit()
-    def rotated_single(x, v_signs, v_mix, v_hq, u_signs, u_mix, u_hq,
-                       words, dense, gtab, xform, gsel, s, sz, bounds):
+    def rotated_single(x, v_signs, v_mix, v_hq, u_signs, u_mix, u_hq, *args):
         u = np.empty_like(x)
         _rht_vec(x[0], v_signs, v_mix, v_hq, True, u[0])
-        z = inner(u, words, dense, gtab, xform, gsel, s, sz, bounds)
+        z = inner(u, *args)
         y = np.empty_like(z)
         _rht_vec(z[0], u_signs, u_mix, u_hq, False, y[0])
         return y
@@ -137,24 +135,21 @@ def _make_rotated_single(bits: int):
     return rotated_single
 
 
-_ROTATED_SINGLE = MappingProxyType({b: _make_rotated_single(b) for b in range(MAX_WORD_BITS + 1)})
-
-
 class RotatedKernel:
     """y = Uᵀ inner(V x) for a rotated layer (lvq/rotated_weight.py): ``inner`` is the inner
     weight's kernel, ``v`` = prepare_rht(V), ``u`` = prepare_rht(U, transpose=True). A single
-    token through a one-width grouped-code inner (scalar or lattice codes) is one compiled call."""
+    token through an inner kernel with a compiled one-token function (``one_token``: grouped
+    scalar or lattice codes of one width, additive codes) is one compiled call."""
 
     def __init__(self, inner: Callable[[torch.Tensor], torch.Tensor], v: RHTPrepared, u: RHTPrepared) -> None:
         if v.pre is not True or u.pre is not False:
             raise ValueError("v must be prepare_rht(V) and u prepare_rht(U, transpose=True)")
         self.inner, self.v, self.u = inner, v, u
         self.in_features, self.out_features = v.n, u.n
-        p = inner.prepared if isinstance(inner, GroupedKernel) else None
-        self._single = None
-        if p is not None and p.single is not None:
-            self._single = (_ROTATED_SINGLE[p.single[0]],
-                            (v.signs, v.mix, v.hq, u.signs, u.mix, u.hq, *p.single[1]))
+        one = getattr(inner, "one_token", None)  # GroupedKernel, AdditiveKernel
+        self._single = None if one is None else (
+            _rotated_single(one[0]), (v.signs, v.mix, v.hq, u.signs, u.mix, u.hq, *one[1]))
+        self.one_token = self._single
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if (self._single is not None and x.numel() == self.in_features and x.dtype is torch.float32

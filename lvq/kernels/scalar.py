@@ -318,6 +318,7 @@ class GroupedKernel:
         self.prepared = prepared
         self.in_features, self.out_features = prepared.in_features, prepared.out_features
         self._single = None if prepared.single is None else (_SINGLE[prepared.single[0]], prepared.single[1])
+        self.one_token = self._single  # (fn, args): fn(x [1, in], *args) -> y [1, out] (fused by RotatedKernel)
         self._halves = None
         if (split_min_weights is not None and self._single is not None
                 and prepared.out_features * prepared.in_features >= split_min_weights):
