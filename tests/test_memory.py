@@ -29,3 +29,17 @@ def test_unmapped_file_and_heap_release(tmp_path):
     assert mapped_ranges(tmp_path / "nothing.bin") == []
     assert page_out(tmp_path / "nothing.bin") == 0
     release_free_memory()  # a hint: must simply not fail
+
+
+def test_numba_still_compiles_after_its_library_is_paged_out():
+    import numba
+
+    from lvq.memory import page_out_compiler
+
+    assert page_out_compiler() >= 0  # libllvmlite is mapped once numba is imported
+
+    @numba.njit(cache=False)
+    def twice(a):
+        return 2 * a
+
+    assert twice(21) == 42  # LLVM's pages come back from the file
