@@ -134,8 +134,15 @@ def _summary(m: dict[str, Any]) -> str:
 
 
 def _calib(args):
+    """Calibration from the flags; --calib-windows defaults to what the method's --preset runs
+    with (``preset_calib_windows``: more for some quality presets), else CalibConfig's 32."""
+    windows = args.calib_windows
+    if windows is None:
+        method = getattr(args, "method", None)
+        windows = (get_method(method).config_cls.preset_calib_windows(getattr(args, "preset", None))
+                   if method else CalibConfig.n_windows)
     try:
-        return CalibConfig(corpus=args.corpus, n_windows=args.calib_windows, seqlen=args.calib_seqlen,
+        return CalibConfig(corpus=args.corpus, n_windows=windows, seqlen=args.calib_seqlen,
                            seed=args.seed)
     except ValueError as e:
         raise LvqError(str(e)) from None
@@ -312,7 +319,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config setting")
     p.add_argument("--corpus", default="wiki-bundled", help="corpus name or .txt path")
-    p.add_argument("--calib-windows", type=int, default=32)
+    p.add_argument("--calib-windows", type=int,
+                   help="calibration windows of --calib-seqlen tokens (default: the preset's, else 32)")
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seqlen", type=int, default=512, help="evaluation window length")

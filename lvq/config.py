@@ -51,6 +51,8 @@ class ConfigBase:
 
     method: ClassVar[str] = ""
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # calibration windows a preset runs with where more than CalibConfig's default measured better
+    calib_windows: ClassVar[dict[str, int]] = {}
 
     def __post_init__(self) -> None:
         for name in ("rotation_seed", "finetune_steps", "e2e_steps", "e2e_chat"):
@@ -76,6 +78,12 @@ class ConfigBase:
                 f"unknown preset {name!r} for {cls.method}; choose one of {sorted(cls.presets)}"
             )
         return cls(**{**cls.presets[name], **overrides})
+
+    @classmethod
+    def preset_calib_windows(cls, name: str | None) -> int:
+        """Calibration windows (of 512 tokens) the named preset is meant to run with: the
+        method's ``calib_windows`` entry for it, else CalibConfig's default (32)."""
+        return cls.calib_windows.get(name or "", CalibConfig.n_windows)
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,9 @@ class GLVQConfig(ConfigBase):
                     "companding": False, "bit_allocation": False, "group_size": 512,
                     "e2e_steps": 128, "e2e_lr": 3e-4, "e2e_chat": 16},
     }
+    # 128 x 512 = 64k calibration tokens for "quality": at 2 bpw every seed beat every seed of
+    # 16k, with peak memory under 4 GB (BENCHMARKS.md, calibration table; docs/algorithms.md)
+    calib_windows: ClassVar[dict[str, int]] = {"quality": 128}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -411,22 +411,25 @@ def build(client: gr.BrowserState | None = None) -> Page:
 
     def apply_preset(name):
         def fn(method_name):
+            cls = _config_cls(method_name)
             try:
-                preset = _config_cls(method_name).preset(name).to_dict()
+                preset = cls.preset(name).to_dict()
             except ValueError as e:
                 gr.Warning(str(e))
                 preset = {}
             shown = {f for m, f, _ in flat if m == method_name}
+            windows = gr.update(value=cls.preset_calib_windows(name)) if preset else gr.update()
             return [gr.update(value=preset[f]) if m == method_name and f in preset else gr.update()
-                    for m, f, _ in flat] + [preset_extras(method_name, preset, shown) if preset else {}]
+                    for m, f, _ in flat] + [preset_extras(method_name, preset, shown) if preset else {}, windows]
         return fn
 
     def show_upload(c):
         return gr.update(visible=(c == UPLOAD))
 
     method.change(show_method, method, list(groups.values()), queue=False, api_name=False)
-    fast.click(apply_preset("fast"), method, [*flat_widgets, extras], queue=False, api_name=False)
-    quality.click(apply_preset("quality"), method, [*flat_widgets, extras], queue=False, api_name=False)
+    fast.click(apply_preset("fast"), method, [*flat_widgets, extras, n_windows], queue=False, api_name=False)
+    quality.click(apply_preset("quality"), method, [*flat_widgets, extras, n_windows], queue=False,
+                  api_name=False)
     corpus.change(show_upload, corpus, upload, queue=False, api_name=False)
     gr.on([model.change, method.change, extras.change] + [w.change for w in flat_widgets], describe,
           [model, method, extras, *flat_widgets], [config, estimate], trigger_mode="always_last",

@@ -129,3 +129,32 @@ def test_ablation_rows_identical_to_a_model_run_are_copied(tmp_path, monkeypatch
     assert not bench._copy_model_row("ablation", "x", cfg.replace(incoherence=True), 1, 16384)
     rows = pd.read_csv(tmp_path / "ablation.csv")
     assert rows[["label", "seed", "ppl"]].values.tolist() == [["GPTQ plain", 1, 99.0]]
+    # the model table takes a run of the calibration curve (a preset measured there at its size)
+    pd.DataFrame([{"section": "calib", "label": "GPTQ with 64k calibration tokens", "seed": 2,
+                   "method": "gptq", "bits_per_weight": 2.27, "ppl": 88.0, "quant_time_s": 150.0,
+                   "config": json.dumps(cfg.to_dict()), "calib_tokens": 65536}]).to_csv(tmp_path / "calib.csv",
+                                                                                      index=False)
+    assert bench._copy_model_row("model", "GPTQ 2-bit g128", cfg, 2, 65536)
+    assert not bench._copy_model_row("model", "GPTQ 2-bit g128", cfg, 2, 16384)
+    rows = pd.read_csv(tmp_path / "model.csv")
+    assert rows[["label", "seed", "ppl"]].values.tolist() == [["GPTQ 2-bit g128", 1, 99.0], ["GPTQ 2-bit g128", 2, 88.0]]
+
+
+def test_quality_preset_brings_its_calibration_size():
+    """GLVQ's quality preset runs with 128 calibration windows (CLI default, bench entries);
+    other presets and methods with CalibConfig's 32; an explicit --calib-windows wins."""
+    import argparse
+
+    from lvq.bench import quality
+    from lvq.cli import _calib
+    from lvq.config import CRVQConfig, GLVQConfig
+
+    assert GLVQConfig.preset_calib_windows("quality") == 128
+    assert GLVQConfig.preset_calib_windows("fast") == CRVQConfig.preset_calib_windows("quality") == 32
+    args = dict(corpus="wiki-bundled", calib_seqlen=512, seed=0)
+    assert _calib(argparse.Namespace(method="glvq", preset="quality", calib_windows=None, **args)).n_windows == 128
+    assert _calib(argparse.Namespace(method="glvq", preset="fast", calib_windows=None, **args)).n_windows == 32
+    assert _calib(argparse.Namespace(method="glvq", preset="quality", calib_windows=8, **args)).n_windows == 8
+    assert _calib(argparse.Namespace(method=None, preset=None, calib_windows=None, **args)).n_windows == 32
+    windows = {e[0]: (e[3] if len(e) > 3 else None) for e in quality.headline()}
+    assert windows["GLVQ 2 bpw (quality)"] == 128 and windows["GLVQ 2 bpw (fast)"] is None

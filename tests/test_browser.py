@@ -81,6 +81,8 @@ def _configure(page, model: Path, corpus: Path, windows: int = 4, preset: str = 
     """Quantize page: the tiny model, a GLVQ preset, the uploaded text, small windows."""
     _fill(page, "Model", str(model))
     page.get_by_role("button", name=preset).click()
+    if preset == "Quality preset":  # the preset brings its calibration size (GLVQConfig.calib_windows)
+        page.wait_for_function("() => document.querySelector('#calib-windows input[type=number]').value === '128'")
     _fill(page, "Calibration text", "upload a .txt file")
     page.locator("#calib-upload input[type=file]").set_input_files(str(corpus))
     for sel, value in (("#calib-windows", windows), ("#eval-windows", 2)):

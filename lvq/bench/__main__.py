@@ -142,8 +142,8 @@ def _entries(section: str, args) -> list[tuple[str, object, tuple[int, ...], int
                 for label, cfg, windows in quality.calibration_curve()]
     else:
         raise ValueError(section)
-    return [(label, cfg, s if seeds is None or s == quality.ONCE else seeds, args.calib_windows)
-            for label, cfg, s in base]
+    return [(label, cfg, s if seeds is None or s == quality.ONCE else seeds, w[0] if w else args.calib_windows)
+            for label, cfg, s, *w in base]
 
 
 # Report-only examples for the dashboard's first visit: (folder under assets/examples, bench label).
@@ -165,11 +165,12 @@ def _write_examples(only: set[str] | None) -> None:
 
 
 def _copy_model_row(section: str, label: str, cfg, seed: int, calib_tokens: int) -> bool:
-    """If the model table holds a run of the same config, seed and calibration size, append it to
-    ``section`` under ``label`` (the quantizer is deterministic for a given seed: the same command
-    gives the same codes) and return True; else False (the run has to happen)."""
-    df = read("model")
-    if "calib_tokens" not in df:
+    """If another section holds a run of the same config, seed and calibration size (the model
+    table for the other sections; the calibration curve for the model table), append it to
+    ``section`` under ``label`` (the quantizer is deterministic for a given seed: the same
+    command gives the same codes) and return True; else False (the run has to happen)."""
+    df = read("calib" if section == "model" else "model")
+    if "calib_tokens" not in df or "config" not in df:
         return False
     def same_config(text) -> bool:  # rows saved before a field existed get its default
         try:
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             for windows in sorted({e[3] for e in entries}):
                 group = [(label, cfg, seeds) for label, cfg, seeds, w in entries if w == windows]
                 runs = [r for r in runs_of(group)
-                        if section == "model" or not _copy_model_row(section, *r, windows * args.calib_seqlen)]
+                        if not _copy_model_row(section, *r, windows * args.calib_seqlen)]
                 run_args = argparse.Namespace(**{**vars(args), "calib_windows": windows})
                 for label, seed, row in measure(runs, run_args, executor):
                     if row is None:

@@ -11,7 +11,10 @@ from ..config import AQLMConfig, CRVQConfig, GLVQConfig, GPTQConfig, RTNConfig
 
 SEEDS = (0, 1, 2)
 ONCE = (0,)
-Entry = tuple[str, object, tuple[int, ...]]
+# (label, config, seeds) or (label, config, seeds, calibration windows) where a preset runs with
+# more windows than the bench's default (GLVQConfig.calib_windows)
+Entry = tuple
+QUALITY_WINDOWS = GLVQConfig.calib_windows["quality"]
 
 
 def glvq_fast(bits: float = 2.0, **kw) -> GLVQConfig:
@@ -32,9 +35,9 @@ def headline() -> list[Entry]:
         ("GPTQ 3-bit g128", GPTQConfig(bits=3, group_size=128), SEEDS),
         ("GLVQ-8D 2 bpw (paper)", GLVQConfig.preset("paper", bits=2.0), SEEDS),
         ("GLVQ 2 bpw (fast)", glvq_fast(2.0), SEEDS),
-        ("GLVQ 2 bpw (quality)", glvq_quality(2.0), SEEDS),
+        ("GLVQ 2 bpw (quality)", glvq_quality(2.0), SEEDS, QUALITY_WINDOWS),
         ("GLVQ 3 bpw (fast)", glvq_fast(3.0), SEEDS),
-        ("GLVQ 3 bpw (quality)", glvq_quality(3.0), SEEDS),
+        ("GLVQ 3 bpw (quality)", glvq_quality(3.0), SEEDS, QUALITY_WINDOWS),
         ("CRVQ (fast)", CRVQConfig.preset("fast"), SEEDS),
         ("CRVQ (quality)", CRVQConfig.preset("quality"), SEEDS),
         ("AQLM 2x8 d8 (quality)", AQLMConfig.preset("quality", num_codebooks=2), SEEDS),
@@ -61,10 +64,12 @@ def levers() -> list[Entry]:
         ("GPTQ 2-bit g128 + incoherence", gptq.replace(incoherence=True), SEEDS),
         ("CRVQ (fast)", cf, SEEDS),
         ("CRVQ (fast) + incoherence", cf.replace(incoherence=True), SEEDS),
-        ("GLVQ 2 bpw (quality)", g, SEEDS),
-        ("GLVQ 2 bpw (quality) − chat windows", g.replace(e2e_chat=0), SEEDS),
-        ("GLVQ 2 bpw (quality) + block fine-tuning", g.replace(finetune=True, finetune_steps=8), SEEDS),
-        ("GLVQ 2 bpw (quality) + trained rotation signs", g.replace(train_rotation=True), SEEDS),
+        ("GLVQ 2 bpw (quality)", g, SEEDS, QUALITY_WINDOWS),
+        ("GLVQ 2 bpw (quality) − chat windows", g.replace(e2e_chat=0), SEEDS, QUALITY_WINDOWS),
+        ("GLVQ 2 bpw (quality) + block fine-tuning", g.replace(finetune=True, finetune_steps=8), SEEDS,
+         QUALITY_WINDOWS),
+        ("GLVQ 2 bpw (quality) + trained rotation signs", g.replace(train_rotation=True), SEEDS,
+         QUALITY_WINDOWS),
         ("CRVQ (quality)", c, SEEDS),
         ("CRVQ (quality) − fine-tuning", c.replace(finetune=False, e2e_steps=0), SEEDS),
         ("CRVQ (quality) − incoherence", c.replace(incoherence=False), SEEDS),
