@@ -31,7 +31,7 @@ from .table import ASSETS, ROOT, append, markdown_table, read, write_markdown
 SECTIONS = {
     "model": "Model level: fp32, RTN, GPTQ, GLVQ, AQLM, CRVQ (median over calibration seeds [min – max])",
     "ablation": "Each lever on and off at 2 bpw (median over calibration seeds [min – max])",
-    "calib": "Perplexity against calibration tokens (GLVQ 2 bpw fast preset)",
+    "calib": "Perplexity against calibration tokens (GLVQ 2 bpw fast and quality presets)",
     "decode": "Decoding speed and memory on this CPU (batch 1, greedy, KV cache, 2 threads)",
     "paper_ablation": "GLVQ as the paper describes it at 2 bpw, each part switched off (one seed)",
     "sweep": "CRVQ sweep: λ × m at e = 8 (paper Figure 4; one seed, reduced effort)",
