@@ -2,8 +2,11 @@
 
 Each family has ``prepare_*`` (run once at load time: stored form -> a kernel layout, numpy
 arrays well below the fp32 matrix) and ``*_matmul(x, prepared)`` (x [..., in] -> y [..., out]
-float32; inference only, no autograd; CPU tensors). Kernels are numba-compiled on first use and
-cached on disk next to this package when it is writable.
+float32; inference only, no autograd; CPU tensors). A quantized weight's ``kernel()`` hands out
+a kernel object around its prepared layout (``GroupedKernel``, ``AdditiveKernel``, and
+``hadamard.RotatedKernel`` for rotated layers) whose one-token call is one compiled function.
+Kernels are numba-compiled on first use and cached on disk next to this package when it is
+writable.
 
     prepare_scalar(codes, scale, zero, bits, group_size, out_features, in_features)   RTN/GPTQ
     prepare_additive(codes, codebooks, scales, perm, code_bits, out_features, in_features)
@@ -16,7 +19,9 @@ which quantization calls on the CPU).
 
 Kernels run on the calling thread unless ``threads=n`` asks for numba's OpenMP pool (a second
 OpenMP runtime beside torch's: see ``_common.num_blocks`` for why that is opt-in; layers under
-2^17 weights and fork children always run on one thread). Many tokens (prefill) are better
+2^17 weights and fork children always run on one thread). The exception is a vocabulary-sized
+layer's one-token product, which ``GroupedKernel`` splits between the calling thread and one
+worker thread when torch may use two (``scalar.SPLIT_MIN_WEIGHTS``). Many tokens (prefill) are better
 served by decoding Ŵ once and calling F.linear: the kernels win up to T ~ 2-4 tokens against a
 cache-resident fp32 matrix and to T = 8 against fp32 streamed from memory.
 """
