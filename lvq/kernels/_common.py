@@ -50,7 +50,10 @@ def _prefer_wide_vectors() -> None:
         return
     import llvmlite.binding as llvm
 
-    features = llvm.get_host_cpu_features()
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # hosts where LLVM cannot read the features: numba's own defaults
+        return
     if features.get("avx512f"):
         numba.config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
 
