@@ -77,7 +77,7 @@ def test_packed_kernel_of_a_rotated_layer_matches(cfg):
             y = lin(x)
             assert y.shape == (*shape[:-1], 40)
             assert torch.allclose(y, F.linear(x, q.dequantize()), atol=1e-4), shape
-    assert lin._kernel._single is not None  # the fused one-token call was the one tested
+    assert lin._kernel.one_token is not None  # the fused one-token call was the one tested
 
 
 def test_rotated_run_saves_and_reloads(tiny_model_dir, tiny_corpus, tmp_path):

@@ -153,6 +153,15 @@ def as_rows(x: torch.Tensor, in_features: int) -> tuple[np.ndarray, tuple[int, .
     return x2.numpy(), lead
 
 
+def one_token_view(x: torch.Tensor, in_features: int) -> np.ndarray | None:
+    """x as a [1, in] float32 numpy view when it is one fp32 token a kernel's compiled one-token
+    function can take as is (contiguous CPU, no grad); else None."""
+    if (x.numel() == in_features and x.dtype is torch.float32 and x.is_contiguous()
+            and not x.requires_grad and x.is_cpu):
+        return x.view(1, in_features).numpy()
+    return None
+
+
 def call_layout(x: torch.Tensor, in_features: int, out_features: int, blocks: tuple[np.ndarray, ...],
                 threads: int | None) -> tuple[np.ndarray, tuple[int, ...], int, np.ndarray]:
     """What every kernel call starts with: (x as rows [T, in] (``as_rows``), the lead shape, the

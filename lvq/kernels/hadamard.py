@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..rotation import RHT, small_factor, sylvester
-from ._common import DENSE_MIN_TOKENS, as_rows, from_rows, jit
+from ._common import DENSE_MIN_TOKENS, as_rows, from_rows, jit, one_token_view
 
 
 @dataclass(frozen=True)
@@ -147,14 +147,12 @@ class RotatedKernel:
         self.inner, self.v, self.u = inner, v, u
         self.in_features, self.out_features = v.n, u.n
         one = getattr(inner, "one_token", None)  # GroupedKernel, AdditiveKernel
-        self._single = None if one is None else (
+        self.one_token = None if one is None else (
             _rotated_single(one[0]), (v.signs, v.mix, v.hq, u.signs, u.mix, u.hq, *one[1]))
-        self.one_token = self._single
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if (self._single is not None and x.numel() == self.in_features and x.dtype is torch.float32
-                and x.is_contiguous() and not x.requires_grad and x.is_cpu):
-            fn, args = self._single
-            y = fn(x.view(1, self.in_features).numpy(), *args)
-            return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
+        xn = None if self.one_token is None else one_token_view(x, self.in_features)
+        if xn is not None:
+            fn, args = self.one_token
+            return torch.from_numpy(fn(xn, *args)).view(*x.shape[:-1], self.out_features)
         return rht_apply(self.inner(rht_apply(x, self.v)), self.u)

@@ -32,7 +32,7 @@ from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
 from ._common import (DENSE_MIN_TOKENS, all_row_blocks, as_rows, call_layout, field_f32, from_rows,
-                      half_f32, jit, row_blocks)
+                      half_f32, jit, one_token_view, row_blocks)
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
@@ -317,23 +317,23 @@ class GroupedKernel:
     def __init__(self, prepared: GroupedCodes, split_min_weights: int | None = SPLIT_MIN_WEIGHTS) -> None:
         self.prepared = prepared
         self.in_features, self.out_features = prepared.in_features, prepared.out_features
-        self._single = None if prepared.single is None else (_SINGLE[prepared.single[0]], prepared.single[1])
-        self.one_token = self._single  # (fn, args): fn(x [1, in], *args) -> y [1, out] (fused by RotatedKernel)
+        # (fn, args): fn(x [1, in], *args) -> y [1, out]; RotatedKernel fuses it with its transforms
+        self.one_token = None if prepared.single is None else (_SINGLE[prepared.single[0]], prepared.single[1])
         self._halves = None
-        if (split_min_weights is not None and self._single is not None
+        if (split_min_weights is not None and self.one_token is not None
                 and prepared.out_features * prepared.in_features >= split_min_weights):
             b = row_blocks(prepared.out_features, 2)
             self._halves = (b[0:2].copy(), b[1:3].copy())
         self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, one worker)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if (self._single is not None and x.numel() == self.in_features and x.dtype is torch.float32
-                and x.is_contiguous() and not x.requires_grad and x.is_cpu):
+        xn = None if self.one_token is None else one_token_view(x, self.in_features)
+        if xn is not None:
             if self._halves is not None and torch.get_num_threads() > 1:
-                y = self._split(x.view(1, self.in_features).numpy())
+                y = self._split(xn)
             else:
-                fn, args = self._single
-                y = fn(x.view(1, self.in_features).numpy(), *args)
+                fn, args = self.one_token
+                y = fn(xn, *args)
             return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
         return grouped_matmul(x, self.prepared)
 
