@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LvqError
+from .half_embeddings import halve_embeddings
 from .hf import QUANT_METHOD, hf_quantization_config
 from .memory import page_out, page_out_compiler, release_free_memory
 from .methods import get_method, weight_class
@@ -235,7 +236,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
 
     mode: how the quantized linears compute (lvq/qlinear.py); None picks "packed" on CPU (the
     decode-free kernels: memory stays a few bits per weight; they are prepared here, which
-    takes seconds) and "dense" on CUDA.
+    takes seconds, and an fp16-stored embedding and lm_head are held in fp16,
+    lvq/half_embeddings.py) and "dense" on CUDA.
     """
     from transformers import AutoConfig, AutoTokenizer  # heavy: imported when a run is loaded
 
@@ -255,6 +257,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     tie_heads(model)  # the move copied a tied lm_head's buffers: share them again
     set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
     prepared = prepare_kernels(model)  # packed on CPU: the kernels now, not in the first reply
+    if prepared:  # decoding on the CPU: the fp16-stored embeddings back in fp16 (exact), half the bytes
+        halve_embeddings(model)
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
     if prepared:  # decoding reads the kernels' layout, not the stored form (lvq/memory.py)
