@@ -19,9 +19,7 @@ which quantization calls on the CPU).
 
 Kernels run on the calling thread unless ``threads=n`` asks for numba's OpenMP pool (a second
 OpenMP runtime beside torch's: see ``_common.num_blocks`` for why that is opt-in; layers under
-2^17 weights and fork children always run on one thread). The exception is a vocabulary-sized
-layer's one-token product, which ``GroupedKernel`` splits between the calling thread and one
-worker thread when torch may use two (``scalar.SPLIT_MIN_WEIGHTS``). Many tokens (prefill) are better
+2^17 weights and fork children always run on one thread). Many tokens (prefill) are better
 served by decoding Ŵ once and calling F.linear: the kernels win up to T ~ 2-4 tokens against a
 cache-resident fp32 matrix and to T = 8 against fp32 streamed from memory.
 """

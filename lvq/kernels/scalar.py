@@ -20,8 +20,6 @@ Prepared layout (``GroupedCodes``), chosen for SIMD over rows:
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -32,7 +30,7 @@ from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
 from ._common import (DENSE_MIN_TOKENS, all_row_blocks, as_rows, call_layout, field_f32, from_rows,
-                      half_f32, jit, one_token_view, row_blocks)
+                      half_f32, jit, one_token_view)
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
@@ -302,54 +300,26 @@ def _make_single(bits: int):
 _SINGLE = MappingProxyType({b: _make_single(b) for b in range(MAX_WORD_BITS + 1)})
 
 
-# A layer this large (a vocabulary head: 49152 x 576 on the bundled model) splits its one-token
-# product into two halves of rows, the second on a worker thread (the kernels release the GIL):
-# a hand-off costs tens of µs, the head's product ~1.5 ms. Smaller layers stay on one thread.
-SPLIT_MIN_WEIGHTS = 1 << 23
-
-
 class GroupedKernel:
     """``x -> grouped_matmul(x, prepared)``, the kernel object a quantized weight hands out
     (``QuantizedWeight.kernel()``); a single fp32 token through a one-width layer goes straight
-    to its compiled one-token function, split over two threads for layers of at least
-    ``split_min_weights`` weights when torch may use two (None: never)."""
+    to its compiled one-token function, on the calling thread. (Splitting a vocabulary head's
+    product over a second thread was measured in a decoding model and dropped: torch's OpenMP
+    threads, still spinning after each op, took the core the worker needed; 8-bit-head runs
+    decoded 2 % faster without it.)"""
 
-    def __init__(self, prepared: GroupedCodes, split_min_weights: int | None = SPLIT_MIN_WEIGHTS) -> None:
+    def __init__(self, prepared: GroupedCodes) -> None:
         self.prepared = prepared
         self.in_features, self.out_features = prepared.in_features, prepared.out_features
         # (fn, args): fn(x [1, in], *args) -> y [1, out]; RotatedKernel fuses it with its transforms
         self.one_token = None if prepared.single is None else (_SINGLE[prepared.single[0]], prepared.single[1])
-        self._halves = None
-        if (split_min_weights is not None and self.one_token is not None
-                and prepared.out_features * prepared.in_features >= split_min_weights):
-            b = row_blocks(prepared.out_features, 2)
-            self._halves = (b[0:2].copy(), b[1:3].copy())
-        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, one worker)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         xn = None if self.one_token is None else one_token_view(x, self.in_features)
         if xn is not None:
-            if self._halves is not None and torch.get_num_threads() > 1:
-                y = self._split(xn)
-            else:
-                fn, args = self.one_token
-                y = fn(xn, *args)
-            return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
+            fn, args = self.one_token
+            return torch.from_numpy(fn(xn, *args)).view(*x.shape[:-1], self.out_features)
         return grouped_matmul(x, self.prepared)
-
-    def _split(self, xn: np.ndarray) -> np.ndarray:
-        p = self.prepared
-        if self._pool is None or self._pool[0] != os.getpid():  # a fork child has no worker
-            self._pool = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="lvq-kernel"))
-        bits, gsel = p.classes[0]
-        kernel = _KERNELS[bits, 1, False]
-        u, usum = _prologue(xn, p.gtab, p.xform)
-        y = np.zeros((1, p.out_features), dtype=np.float32)
-        first, second = self._halves
-        job = self._pool[1].submit(kernel, u, usum, p.words, p.dense, p.gtab, gsel, p.s, p.sz, y, second)
-        kernel(u, usum, p.words, p.dense, p.gtab, gsel, p.s, p.sz, y, first)
-        job.result()
-        return y
 
 
 def grouped_matmul(x: torch.Tensor, p: GroupedCodes, threads: int | None = None) -> torch.Tensor:
