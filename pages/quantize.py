@@ -446,7 +446,7 @@ def build(client: gr.BrowserState | None = None) -> Page:
         return (gr.update(choices=runtable.model_choices()), *runs.fill(client_id, request))
 
     def initial(client_id: Any = None, request: gr.Request = None):
-        return (*describe(model.value, method.value, *[w.value for w in flat_widgets]),
+        return (*describe(model.value, method.value, extras.value, *[w.value for w in flat_widgets]),
                 *runs.fill(client_id, request))
 
     return Page(refresh=refresh, outputs=[model, *runs.outputs], refresh_inputs=[client], load=initial,

@@ -99,6 +99,13 @@ def _wait_saved(page, timeout: float = 300_000) -> str:
     return page.locator("#run-status").inner_text()
 
 
+def _no_server_errors(runs_dir: Path) -> None:
+    """Every event the pages sent ran without an exception (Gradio shows a failed event as red
+    "Error" badges on its outputs and logs the traceback)."""
+    log = (runs_dir.parent / "app.log").read_text()
+    assert "Traceback" not in log, log[log.index("Traceback"):][:3000]
+
+
 def _run_name(status: str) -> str:
     return status.split("Run saved:")[1].split()[0].strip("`").rsplit("/", 1)[-1]
 
@@ -106,7 +113,7 @@ def _run_name(status: str) -> str:
 def test_dashboard_in_chromium(app_url, tiny_model_dir, tiny_corpus):
     from playwright.sync_api import sync_playwright
 
-    url, _runs = app_url
+    url, runs_dir = app_url
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -114,6 +121,7 @@ def test_dashboard_in_chromium(app_url, tiny_model_dir, tiny_corpus):
         page.set_default_timeout(60_000)
         page.goto(url)
         page.get_by_role("tab", name="Quantize").wait_for()
+        _wait_text(page, "#estimate", "bits/weight")  # the page's load event filled the estimate
 
         # --- first visit, nothing quantized: the examples fill the report pages
         for name, n, marker in (("Bit allocation", 5, "flat"), ("Lattice", 6, "Rotated layer"),
@@ -165,6 +173,7 @@ def test_dashboard_in_chromium(app_url, tiny_model_dir, tiny_corpus):
         assert "packed: decode-free CPU kernels" in page.locator("#chat-stats-quantized").inner_text()
         page.screenshot(path=str(ARTIFACTS / "09-chat.png"), full_page=True)
         browser.close()
+    _no_server_errors(runs_dir)
 
 
 def test_two_visitors(app_url, tiny_model_dir, tiny_corpus):
@@ -217,3 +226,4 @@ def test_two_visitors(app_url, tiny_model_dir, tiny_corpus):
         _wait_text(first, "#manage-status", f"Deleted {own}")  # markdown: the backticks render as code
         assert own not in first.locator("#run-table").inner_text()
         browser.close()
+    _no_server_errors(_runs)
