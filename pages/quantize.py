@@ -179,8 +179,10 @@ def presets_markdown(rows: pd.DataFrame) -> str:
     quantization time on the bundled model (read from the bench table, never typed in)."""
     lines = []
     for r in rows.itertuples(index=False):
+        seeds = f" (median of {r.n_seeds} seeds)" if r.n_seeds > 1 else ""
+        fastest = " (fastest run)" if r.n_seeds > 1 else ""
         lines.append(f"{r.method.upper()} **{r.preset}**: {r.bits_per_weight:.2f} bpw, perplexity "
-                     f"{r.ppl:.4g}, quantization {_fmt_s(float(r.quant_time_s))}")
+                     f"{r.ppl:.4g}{seeds}, quantization {_fmt_s(float(r.quant_time_s))}{fastest}")
     measured = ("<small>Measured on the bundled model (`make bench`): " + " · ".join(lines)
                 + ".</small>\n") if lines else ""
     return texts.PRESETS_NOTE + measured

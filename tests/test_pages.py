@@ -114,6 +114,20 @@ def test_preset_costs_come_from_the_bench_table():
     assert list(rows["label"]) == ["a"] and list(rows["preset"]) == ["fast"]
     text = quantize.presets_markdown(rows)
     assert "GLVQ **fast**: 2.15 bpw, perplexity 319, quantization 6.1 min" in text
+    # several seeds: the median perplexity, and the fastest run's time (jobs often shared the cores)
+    seeded = bench.assign(n_seeds=[3, 1, 1], quant_time_s_min=[250.0, 10.0, 0.0])
+    text = quantize.presets_markdown(runtable.preset_rows(seeded))
+    assert ("GLVQ **fast**: 2.15 bpw, perplexity 319 (median of 3 seeds), quantization 4.2 min "
+            "(fastest run)") in text
+
+
+def test_medians_keep_the_fastest_run():
+    from lvq.bench.table import medians
+
+    raw = pd.DataFrame({"label": ["a", "a", "a"], "section": "model", "method": "glvq", "config": "{}",
+                        "seed": [0, 1, 2], "ppl": [48.2, 48.1, 49.4], "quant_time_s": [3740.0, 3733.0, 1484.0]})
+    row = medians(raw).iloc[0]
+    assert (row["quant_time_s"], row["quant_time_s_min"], row["n_seeds"]) == (3733.0, 1484.0, 3)
 
 
 def test_compare_table_merges_bench_and_runs(tmp_path):

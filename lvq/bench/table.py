@@ -93,7 +93,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def medians(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per label with numeric medians and ``ppl_min``/``ppl_max`` (for plots)."""
+    """One row per label with numeric medians, ``ppl_min``/``ppl_max`` (for plots) and
+    ``quant_time_s_min`` (the fastest run: the one least slowed by jobs beside it)."""
     if not len(df):
         return df
     num = df.select_dtypes("number").columns.difference(["seed"])
@@ -102,6 +103,8 @@ def medians(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("ppl", "talk_ppl"):
         if c in df:
             out[f"{c}_min"], out[f"{c}_max"] = g[c].min(), g[c].max()
+    if "quant_time_s" in df:
+        out["quant_time_s_min"] = g["quant_time_s"].min()
     out["n_seeds"] = g.size()
     first = g[["section", "method", "config"]].first()
     return first.join(out).reset_index()
