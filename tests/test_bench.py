@@ -123,10 +123,10 @@ def test_ablation_rows_identical_to_a_model_run_are_copied(tmp_path, monkeypatch
     pd.DataFrame([{"section": "model", "label": "GPTQ 2-bit g128", "seed": 1, "method": "gptq",
                    "bits_per_weight": 2.27, "ppl": 99.0, "quant_time_s": 150.0, "config": json.dumps(old),
                    "calib_tokens": 16384}]).to_csv(tmp_path / "model.csv", index=False)
-    assert bench._copy_model_row("ablation", "GPTQ plain", cfg, 1, 16384)
-    assert not bench._copy_model_row("ablation", "GPTQ plain", cfg, 0, 16384)          # other seed
-    assert not bench._copy_model_row("ablation", "GPTQ plain", cfg, 1, 65536)          # other calibration
-    assert not bench._copy_model_row("ablation", "x", cfg.replace(incoherence=True), 1, 16384)
+    assert bench._copy_identical_run("ablation", "GPTQ plain", cfg, 1, 16384)
+    assert not bench._copy_identical_run("ablation", "GPTQ plain", cfg, 0, 16384)          # other seed
+    assert not bench._copy_identical_run("ablation", "GPTQ plain", cfg, 1, 65536)          # other calibration
+    assert not bench._copy_identical_run("ablation", "x", cfg.replace(incoherence=True), 1, 16384)
     rows = pd.read_csv(tmp_path / "ablation.csv")
     assert rows[["label", "seed", "ppl"]].values.tolist() == [["GPTQ plain", 1, 99.0]]
     # the model table takes a run of the calibration curve (a preset measured there at its size)
@@ -134,8 +134,8 @@ def test_ablation_rows_identical_to_a_model_run_are_copied(tmp_path, monkeypatch
                    "method": "gptq", "bits_per_weight": 2.27, "ppl": 88.0, "quant_time_s": 150.0,
                    "config": json.dumps(cfg.to_dict()), "calib_tokens": 65536}]).to_csv(tmp_path / "calib.csv",
                                                                                       index=False)
-    assert bench._copy_model_row("model", "GPTQ 2-bit g128", cfg, 2, 65536)
-    assert not bench._copy_model_row("model", "GPTQ 2-bit g128", cfg, 2, 16384)
+    assert bench._copy_identical_run("model", "GPTQ 2-bit g128", cfg, 2, 65536)
+    assert not bench._copy_identical_run("model", "GPTQ 2-bit g128", cfg, 2, 16384)
     rows = pd.read_csv(tmp_path / "model.csv")
     assert rows[["label", "seed", "ppl"]].values.tolist() == [["GPTQ 2-bit g128", 1, 99.0], ["GPTQ 2-bit g128", 2, 88.0]]
 

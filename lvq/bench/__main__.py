@@ -164,7 +164,7 @@ def _write_examples(only: set[str] | None) -> None:
         print(f"[examples] {label} -> {dest.relative_to(ROOT)} ({folder_bytes(dest) / 1e3:.0f} kB)", flush=True)
 
 
-def _copy_model_row(section: str, label: str, cfg, seed: int, calib_tokens: int) -> bool:
+def _copy_identical_run(section: str, label: str, cfg, seed: int, calib_tokens: int) -> bool:
     """If another section holds a run of the same config, seed and calibration size (the model
     table for the other sections; the calibration curve for the model table), append it to
     ``section`` under ``label`` (the quantizer is deterministic for a given seed: the same
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             for windows in sorted({e[3] for e in entries}):
                 group = [(label, cfg, seeds) for label, cfg, seeds, w in entries if w == windows]
                 runs = [r for r in runs_of(group)
-                        if not _copy_model_row(section, *r, windows * args.calib_seqlen)]
+                        if not _copy_identical_run(section, *r, windows * args.calib_seqlen)]
                 run_args = argparse.Namespace(**{**vars(args), "calib_windows": windows})
                 for label, seed, row in measure(runs, run_args, executor):
                     if row is None:
