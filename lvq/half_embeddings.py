@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .qembedding import _untie_mapping
+
 CHUNK_ROWS = 4096  # lm_head rows widened to fp32 at a time for inputs of several tokens
 
 
@@ -64,11 +66,11 @@ class HalfHead(nn.Module):
         self.out_features, self.in_features = self.weight.shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels._common import one_token_view
+        from .kernels._common import one_token_view  # numba: loaded when a head first runs
 
         xn = one_token_view(x, self.in_features) if self.weight.is_cpu else None
         if xn is not None:
-            from .kernels.half import half_matvec
+            from .kernels.half import half_matvec  # numba, as above
 
             y = torch.empty(self.out_features, dtype=torch.float32)
             half_matvec(xn[0], self.weight.view(torch.int16).numpy().view("uint16"), y.numpy())
@@ -90,8 +92,6 @@ def halve_embeddings(model: nn.Module) -> int:
     ``HalfHead`` holding the same values in fp16 (a tied pair shares one tensor), where the
     values are exactly fp16 numbers and the modules are plain (or scaled) ``nn.Embedding`` and
     ``nn.Linear`` on the CPU, and runs the head's one-token kernel once. Returns the bytes of memory given back (0: nothing changed)."""
-    from .qembedding import _untie_mapping
-
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     names = {id(m): n for n, m in model.named_modules()}
     plain_emb = (isinstance(emb, nn.Embedding) and (type(emb) is nn.Embedding or hasattr(emb, "embed_scale"))
