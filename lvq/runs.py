@@ -231,13 +231,14 @@ def _weight_cls(entry: dict[str, Any]):
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None, verify_hash: bool = True,
-             mode: str | None = None):
+             mode: str | None = None, fp16_embeddings: bool = False):
     """Rebuild ``(model, tokenizer, report)`` from a run folder.
 
     mode: how the quantized linears compute (lvq/qlinear.py); None picks "packed" on CPU (the
     decode-free kernels: memory stays a few bits per weight; they are prepared here, which
-    takes seconds, and an fp16-stored embedding and lm_head are held in fp16,
-    lvq/half_embeddings.py) and "dense" on CUDA.
+    takes seconds) and "dense" on CUDA. fp16_embeddings: with "packed" kernels, hold an
+    fp16-stored embedding and lm_head in fp16 (exact; lvq/half_embeddings.py): half their memory,
+    for a slower head on this 2-core CPU (BENCHMARKS.md, decoding table), so not the default.
     """
     from transformers import AutoConfig, AutoTokenizer  # heavy: imported when a run is loaded
 
@@ -257,7 +258,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     tie_heads(model)  # the move copied a tied lm_head's buffers: share them again
     set_inference_mode(model, mode or ("packed" if torch.device(device).type == "cpu" else "dense"))
     prepared = prepare_kernels(model)  # packed on CPU: the kernels now, not in the first reply
-    if prepared:  # decoding on the CPU: the fp16-stored embeddings back in fp16 (exact), half the bytes
+    if prepared and fp16_embeddings:  # the fp16-stored embeddings back in fp16 (exact), half the bytes
         halve_embeddings(model)
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")

@@ -24,12 +24,15 @@ def test_round_trip_reproduces_perplexity(saved_run):
     model, tok, report = lvq.load_run(path, device="cpu")
     qlins = [m for m in model.modules() if isinstance(m, lvq.QuantizedLinear)]
     assert qlins and all(m.mode == "packed" and m._kernel is not None for m in qlins)  # prepared at load
-    emb, head = model.get_input_embeddings(), model.get_output_embeddings()  # stored in fp16: held in fp16
-    assert emb.weight.dtype == torch.float16 and head.weight is emb.weight
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # the faster head by default
     assert lvq.perplexity(model, tok, text, seqlen=64) == pytest.approx(ppl, rel=1e-4)
     lvq.set_inference_mode(model, "decode")  # the stored tensors, paged out after loading (lvq/memory.py)
     assert lvq.perplexity(model, tok, text, seqlen=64) == pytest.approx(ppl, rel=1e-4)
     assert len(report.layers) == 14
+    model, tok, _ = lvq.load_run(path, device="cpu", fp16_embeddings=True)  # stored in fp16: held in fp16
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert emb.weight.dtype == torch.float16 and head.weight is emb.weight
+    assert lvq.perplexity(model, tok, text, seqlen=64) == pytest.approx(ppl, rel=1e-4)
     info = lvq.read_run_info(path)
     assert {k: info["method"][k] for k in ("method", "bits", "group_size", "damp", "act_order",
                                            "block_size")} == {"method": "gptq", "bits": 3, "group_size": 32,

@@ -113,7 +113,10 @@ DECODE_NOTE = (
     "run file's pages and numba's compiler paged out, lvq/memory.py), rss_mb while chatting "
     "(after the generations: prompts and replies with the KV cache), prefill_rss_mb after the "
     "512-token forward (its logits alone are 100 MB); rss_vs_fp32 compares rss_mb. \"+ 8-bit "
-    "embeddings\": the same run with its embedding and lm_head quantized to 8 bits (RTN per row).")
+    "embeddings\": the same run with its embedding and lm_head quantized to 8 bits (RTN per row); "
+    "\", embeddings held in fp16\": the same run loaded with `load_run(..., fp16_embeddings=True)` "
+    "(its fp16-stored embedding and tied lm_head kept in fp16, the head's product a one-thread "
+    "compiled fp16 × fp32 kernel; the default widens them to fp32 for torch's two-thread product).")
 
 
 def _extras() -> dict[str, list[str]]:
@@ -189,16 +192,21 @@ def _copy_identical_run(section: str, label: str, cfg, seed: int, calib_tokens: 
 DECODE_RUNS = ("GLVQ 2 bpw (fast)", "GLVQ 2 bpw (quality)", "CRVQ (quality)", "AQLM 2x8 d8 (quality)",
                "GPTQ 2-bit g128", "GPTQ 3-bit g128", "RTN 2-bit g128")
 WITH_EMBEDDINGS = " + 8-bit embeddings"
+FP16_HELD = ", embeddings held in fp16"
+FP16_RUNS = ("GLVQ 2 bpw (quality)", "GPTQ 2-bit g128")  # load_run(fp16_embeddings=True): the trade-off
 
 
 def _decode_targets() -> list[tuple[str, str]]:
     """(label, target): fp32 and each ~2-3 bpw benchmark run that exists, each also with its
-    embedding and lm_head quantized to 8 bits (a copy made from the run)."""
+    embedding and lm_head quantized to 8 bits (a copy made from the run), and two runs also
+    loaded with their fp16 embeddings held in fp16 (``FP16_HELD``)."""
     out = [("fp32 (reference)", "smollm2-135m")]
     for label in DECODE_RUNS:
         run = ROOT / "runs" / "bench" / slug(label)
         if (run / "run.json").is_file():
             out += [(label, str(run)), (label + WITH_EMBEDDINGS, str(run.with_name(slug(label + WITH_EMBEDDINGS))))]
+            if label in FP16_RUNS:
+                out.append((label + FP16_HELD, str(run)))
     return out
 
 
@@ -212,7 +220,8 @@ def _run_decode(only: set[str] | None) -> None:
     # Two passes, the second in reverse order, so that a slow drift of the (shared) machine
     # weighs on every target alike; each target's figures are medians over both passes.
     for label, target in targets + targets[::-1]:
-        p = subprocess.run([sys.executable, "-m", "lvq.bench.decode", target, "--json"],
+        flags = ["--fp16-embeddings"] if label.endswith(FP16_HELD) else []
+        p = subprocess.run([sys.executable, "-m", "lvq.bench.decode", target, "--json", *flags],
                            capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
             print(f"[decode] {label} failed: {p.stderr[-500:]}", file=sys.stderr)

@@ -56,12 +56,13 @@ def _step_times(model, ids: torch.Tensor, new: int, pad: int) -> list[float]:
 
 
 @torch.no_grad()
-def measure(target: str) -> dict:
-    """tokens/s of decoding and prefill, and resident memory, for one run folder or model."""
+def measure(target: str, fp16_embeddings: bool = False) -> dict:
+    """tokens/s of decoding and prefill, and resident memory, for one run folder or model
+    (``fp16_embeddings``: a run's embedding and lm_head held in fp16, ``load_run``'s option)."""
     torch.set_num_threads(THREADS)
     rss0 = psutil.Process().memory_info().rss
     if (Path(target) / "run.json").is_file():
-        model, tok, _ = load_run(target, device="cpu")
+        model, tok, _ = load_run(target, device="cpu", fp16_embeddings=fp16_embeddings)
         mode = next((m.mode for m in model.modules() if hasattr(m, "mode")), "")
     else:
         model, tok = load_model(target, device="cpu")
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lvq.bench.decode")
     ap.add_argument("target")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fp16-embeddings", action="store_true", help="hold a run's embeddings in fp16")
     args = ap.parse_args(argv)
-    r = measure(args.target)
+    r = measure(args.target, args.fp16_embeddings)
     print(json.dumps(r) if args.json else
           f"{r['target']} ({r['mode']}): decode {r['decode_tok_s']:.1f} tok/s, prefill "
           f"{r['prefill_tok_s']:.0f} tok/s, resident memory {r['rss_mb']:.0f} MB")
