@@ -38,6 +38,8 @@ def headline() -> list[Entry]:
         ("GLVQ 2 bpw (quality)", glvq_quality(2.0), SEEDS, QUALITY_WINDOWS),
         ("GLVQ 3 bpw (fast)", glvq_fast(3.0), SEEDS),
         ("GLVQ 3 bpw (quality)", glvq_quality(3.0), SEEDS, QUALITY_WINDOWS),
+        ("GLVQ 3 bpw (quality) + trained rotation signs", glvq_quality(3.0, train_rotation=True), SEEDS,
+         QUALITY_WINDOWS),
         ("CRVQ (fast)", CRVQConfig.preset("fast"), SEEDS),
         ("CRVQ (quality)", CRVQConfig.preset("quality"), SEEDS),
         ("AQLM 2x8 d8 (quality)", AQLMConfig.preset("quality", num_codebooks=2), SEEDS),
