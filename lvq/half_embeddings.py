@@ -13,15 +13,17 @@ alone), so the model computes the same function as before:
   (fp16 read, fp32 arithmetic); more tokens are computed a few thousand rows at a time, each
   chunk widened to fp32 for F.linear (no full fp32 copy, even for a 512-token window).
 
-Inference only: these modules hold buffers, not parameters (nothing to train). ``load_run`` calls
-``halve_embeddings`` where it prepares the CPU kernels ("packed" mode).
+Inference only: these modules hold buffers, not parameters (nothing to train).
+``load_run(..., fp16_embeddings=True)`` calls ``halve_embeddings`` after preparing the CPU kernels
+("packed" mode); it is not the default because this one-thread head is slower than torch's
+two-thread fp32 product here (BENCHMARKS.md, decoding table).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .qembedding import _untie_mapping
+from .qembedding import _untie_mapping, is_plain_embedding
 
 CHUNK_ROWS = 4096  # lm_head rows widened to fp32 at a time for inputs of several tokens
 
@@ -91,11 +93,12 @@ def halve_embeddings(model: nn.Module) -> int:
     """Replace the model's fp32 input embedding and lm_head, in place, by ``HalfEmbedding`` and
     ``HalfHead`` holding the same values in fp16 (a tied pair shares one tensor), where the
     values are exactly fp16 numbers and the modules are plain (or scaled) ``nn.Embedding`` and
-    ``nn.Linear`` on the CPU, and runs the head's one-token kernel once. Returns the bytes of memory given back (0: nothing changed)."""
+    ``nn.Linear`` on the CPU, and runs the head's one-token kernel once. Returns the bytes of
+    memory given back (0: nothing changed)."""
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     names = {id(m): n for n, m in model.named_modules()}
-    plain_emb = (isinstance(emb, nn.Embedding) and (type(emb) is nn.Embedding or hasattr(emb, "embed_scale"))
-                 and id(emb) in names and emb.weight.dtype is torch.float32 and emb.weight.is_cpu)
+    plain_emb = (is_plain_embedding(emb) and id(emb) in names and emb.weight.dtype is torch.float32
+                 and emb.weight.is_cpu)
     plain_head = (type(head) is nn.Linear and id(head) in names and head.weight.dtype is torch.float32
                   and head.weight.is_cpu)
     tied = plain_emb and plain_head and head.weight is emb.weight

@@ -146,6 +146,12 @@ def tie_heads(model: nn.Module) -> int:
     return n
 
 
+def is_plain_embedding(emb: nn.Module) -> bool:
+    """A plain ``nn.Embedding`` or a scaled one (a subclass with ``embed_scale``, e.g. Gemma's):
+    the input embeddings lvq may replace (quantized here, held in fp16 in lvq/half_embeddings.py)."""
+    return isinstance(emb, nn.Embedding) and (type(emb) is nn.Embedding or hasattr(emb, "embed_scale"))
+
+
 def _untie_mapping(model: nn.Module, names: set[str]) -> None:
     """Drop transformers' tied-parameter entries (``lm_head.weight`` -> ``...embed_tokens.weight``)
     that point into replaced modules: those have no ``weight`` parameter, and ``tie_heads`` ties."""
@@ -170,7 +176,7 @@ def quantize_embeddings(model: nn.Module, bits: int, group_size: int = 64) -> di
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     if isinstance(emb, QuantizedEmbedding):
         raise LvqError("the embeddings are already quantized")
-    if not isinstance(emb, nn.Embedding) or (type(emb) is not nn.Embedding and not hasattr(emb, "embed_scale")):
+    if not is_plain_embedding(emb):
         raise LvqError(f"the input embedding is a {type(emb).__name__}, which lvq cannot quantize "
                        "(a plain or scaled nn.Embedding is needed); run without embedding quantization")
     names = {id(m): n for n, m in model.named_modules()}
