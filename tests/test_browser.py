@@ -54,13 +54,46 @@ def app_url(tmp_path_factory, tiny_model_dir, tiny_corpus):
         yield url, root / "runs"
 
 
+@pytest.fixture(autouse=True)
+def _app_log(request, app_url):
+    """Tell tests/conftest.py where the app's log is, so that a failing test's report shows it."""
+    request.node.app_log = app_url[1].parent / "app.log"
+
+
 def _tab(page, name: str):
-    page.get_by_role("tab", name=name).click()
+    """Open a tab and wait until the browser shows it selected (a click that lands while the page
+    is still re-rendering after its load events is tried again)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    tab = page.get_by_role("tab", name=name)
+    for attempt in range(3):
+        tab.click()
+        try:
+            page.wait_for_function("(n) => [...document.querySelectorAll('[role=tab]')].some("
+                                   "t => t.innerText.trim() === n && t.getAttribute('aria-selected') === 'true')",
+                                   arg=name, timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
 
 
 def _wait_text(page, selector: str, text: str, timeout: float = 60_000):
-    page.wait_for_function("([s, t]) => { const el = document.querySelector(s);"
-                           " return el && el.innerText.includes(t); }", arg=[selector, text], timeout=timeout)
+    """Wait until ``selector``'s text contains ``text``; on a timeout, fail saying what it showed
+    (with a screenshot in tests/artifacts; the report ends with the app's log: ``_app_log``)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("([s, t]) => { const el = document.querySelector(s);"
+                               " return el && el.innerText.includes(t); }", arg=[selector, text],
+                               timeout=timeout)
+    except PlaywrightTimeout:
+        shown = page.evaluate("(s) => { const el = document.querySelector(s);"
+                              " return el ? el.innerText : '(no such element)'; }", selector)
+        shot = ARTIFACTS / f"timeout-{selector.strip('#')}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        pytest.fail(f"{selector} never showed {text!r} in {timeout / 1000:g} s; it showed:\n"
+                    f"{shown[:1500]}\n(screenshot: {shot})")
 
 
 def _plots_rendered(page, container: str, at_least: int, timeout: float = 30_000) -> int:
