@@ -9,6 +9,7 @@ back. The math behind each setting is described in docs/algorithms.md.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +38,11 @@ class ConfigBase:
     ``e2e_lr``, with early stopping on held-out windows; ``e2e_chat`` more windows of chat-template
     conversations built from the calibration text (lvq/data.py ``chat_windows``) join its data, so
     that the model also keeps the original's behaviour where a chat reply starts.
+    layer_bits: other widths for some layers, ``"REGEX=BITS;REGEX=BITS"`` (methods with a
+    ``bits`` setting): each REGEX is searched in the layer's name ``"<block>.<module path>"``
+    (e.g. ``"0.self_attn.v_proj"``) and the first that matches gives that layer its ``bits``
+    (``layer_config``); ``"self_attn.[kvo]_proj=4"`` spends 4 bits on the attention's k, v and o
+    projections. Counted in bits_per_weight like any width.
     """
 
     incoherence: bool = False
@@ -48,6 +54,7 @@ class ConfigBase:
     e2e_steps: int = 0
     e2e_lr: float = 1e-5
     e2e_chat: int = 0
+    layer_bits: str = ""
 
     method: ClassVar[str] = ""
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -62,6 +69,43 @@ class ConfigBase:
         _check_range("e2e_steps", self.e2e_steps, 0, 1_000_000)
         _check_range("e2e_lr", self.e2e_lr, 0.0, 1.0)
         _check_range("e2e_chat", self.e2e_chat, 0, 100_000)
+        for pattern, bits in self._layer_bits():  # each width passes the method's own checks
+            try:
+                dataclasses.replace(self, bits=bits, layer_bits="")
+            except ValueError as e:
+                raise ValueError(f"layer_bits {pattern.pattern}={bits}: {e}") from None
+
+    def _layer_bits(self) -> list[tuple[re.Pattern, float | int]]:
+        """``layer_bits`` parsed: [(compiled REGEX, bits)]; ValueError saying what is wrong."""
+        if not isinstance(self.layer_bits, str):
+            raise ValueError(f"layer_bits must be a string like 'self_attn.v_proj=4', got {self.layer_bits!r}")
+        if not self.layer_bits.strip():
+            return []
+        if not any(f.name == "bits" for f in dataclasses.fields(self)):
+            raise ValueError(f"layer_bits needs a bits setting, and {self.method} has none")
+        out = []
+        for item in filter(None, (x.strip() for x in self.layer_bits.split(";"))):
+            pattern, sep, value = item.rpartition("=")
+            if not sep or not pattern.strip():
+                raise ValueError(f"layer_bits entries are REGEX=BITS separated by ';', got {item!r}")
+            try:
+                regex = re.compile(pattern.strip())
+            except re.error as e:
+                raise ValueError(f"layer_bits: {pattern.strip()!r} is not a regular expression ({e})") from None
+            try:
+                bits = float(value)
+            except ValueError:
+                raise ValueError(f"layer_bits: {value.strip()!r} in {item!r} is not a number of bits") from None
+            out.append((regex, int(bits) if bits.is_integer() and isinstance(self.bits, int) else bits))
+        return out
+
+    def layer_config(self, name: str):
+        """This config for the layer ``name`` (``"<block>.<module path>"``): its ``bits`` replaced
+        by the first ``layer_bits`` entry whose REGEX is found in ``name``; itself otherwise."""
+        for regex, bits in self._layer_bits():
+            if regex.search(name):
+                return dataclasses.replace(self, bits=bits)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -157,13 +157,13 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                         raise Cancelled(f"cancelled at block {b + 1}/{len(blocks)}, {name}")
                     lin = block.get_submodule(name)
                     W = lin.weight.detach().to(torch.float32)
+                    full = f"{b}.{name}"
                     tl = time.perf_counter()
                     with _one_thread():
-                        qw = quantize_layer(W, H, cfg)
+                        qw = quantize_layer(W, H, cfg.layer_config(full))
                     dt = time.perf_counter() - tl
                     W_hat = qw.dequantize()
                     scalars, tables = split_stats(qw.stats())
-                    full = f"{b}.{name}"
                     layer_rows.append({
                         "layer": full, "block": b, "name": name,
                         "out_features": W.shape[0], "in_features": W.shape[1],

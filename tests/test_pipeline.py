@@ -171,3 +171,41 @@ def test_train_mode_equals_decode_and_has_gradients(cfg):
         setattr(lin, n, getattr(lin, n).float().requires_grad_(True))
     lin(x).square().sum().backward()
     assert any(getattr(lin, n).grad is not None and getattr(lin, n).grad.abs().sum() > 0 for n in names)
+
+
+@pytest.mark.parametrize("cfg", [lvq.GPTQConfig(bits=2, group_size=32, layer_bits=r"self_attn.v_proj=4; ^0\.mlp=3"),
+                                 lvq.GLVQConfig.preset("fast", bits=2.0, group_size=32,
+                                                       layer_bits=r"self_attn.v_proj=3")])
+def test_layer_bits_give_the_named_layers_their_width(tiny, tiny_corpus, tmp_path, cfg):
+    """``layer_bits``: the matching layers get their own width (the first matching entry wins),
+    the size estimate counts it, and the saved run reloads with the same logits."""
+    model, tok = tiny
+    est = lvq.estimate_size(model.config, cfg)
+    res = lvq.quantize_model(model, tok, cfg, calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=2, seqlen=32))
+    layers = res.report.layers.set_index("layer")
+    base = cfg.bits
+    for name, row in layers.iterrows():
+        want = cfg.layer_config(name).bits
+        assert want == (4 if "v_proj" in name and cfg.method == "gptq" else 3 if "v_proj" in name
+                        or (cfg.method == "gptq" and name.startswith("0.mlp")) else base)
+        assert want <= row["bits_per_weight"] < want + 1.1  # the width plus scales (and signs)
+    real = lvq.model_size(model)
+    assert est["bits_per_weight"] == pytest.approx(real["bits_per_weight"])
+    lvq.save_run(res, tmp_path / "run")  # rounds the unquantized tensors to what it stores
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        before = model(ids).logits
+    again, _, _ = lvq.load_run(tmp_path / "run", device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, before, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec, message", [("v_proj", "REGEX=BITS"), ("v_proj=x", "not a number"),
+                                           ("(=4", "not a regular expression"), ("v=9", "bits must be in")])
+def test_layer_bits_reject_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        lvq.GLVQConfig(layer_bits=spec)
+    with pytest.raises(ValueError, match="needs a bits setting"):
+        lvq.CRVQConfig(layer_bits="v_proj=4")
+    with pytest.raises(ValueError, match="integer"):
+        lvq.RTNConfig(layer_bits="v_proj=4.5")
