@@ -40,9 +40,11 @@ class ConfigBase:
     that the model also keeps the original's behaviour where a chat reply starts.
     layer_bits: other widths for some layers, ``"REGEX=BITS;REGEX=BITS"`` (methods with a
     ``bits`` setting): each REGEX is searched in the layer's name ``"<block>.<module path>"``
-    (e.g. ``"0.self_attn.v_proj"``) and the first that matches gives that layer its ``bits``
-    (``layer_config``); ``"self_attn.[kvo]_proj=4"`` spends 4 bits on the attention's k, v and o
-    projections. Counted in bits_per_weight like any width.
+    (e.g. ``"0.self_attn.v_proj"``; negative block numbers count from the end, ``"-1."`` is the
+    last block) and the first that matches gives that layer its ``bits`` (``layer_config``):
+    ``"^(0|1|-2|-1)\\.=3"`` spends 3 bits on the first and last two blocks,
+    ``"self_attn.[kvo]_proj=4"`` 4 bits on the attention's k, v and o projections. Counted in
+    bits_per_weight like any width.
     """
 
     incoherence: bool = False
@@ -99,11 +101,17 @@ class ConfigBase:
             out.append((regex, int(bits) if bits.is_integer() and isinstance(self.bits, int) else bits))
         return out
 
-    def layer_config(self, name: str):
+    def layer_config(self, name: str, n_blocks: int | None = None):
         """This config for the layer ``name`` (``"<block>.<module path>"``): its ``bits`` replaced
-        by the first ``layer_bits`` entry whose REGEX is found in ``name``; itself otherwise."""
+        by the first ``layer_bits`` entry whose REGEX is found in ``name`` or, given the model's
+        ``n_blocks``, in the same name with the block counted from the end (``"-1.mlp.up_proj"``
+        for the last block's); itself otherwise."""
+        names = [name]
+        block, sep, rest = name.partition(".")
+        if n_blocks is not None and sep and block.isdigit():
+            names.append(f"{int(block) - n_blocks}.{rest}")
         for regex, bits in self._layer_bits():
-            if regex.search(name):
+            if any(regex.search(n) for n in names):
                 return dataclasses.replace(self, bits=bits)
         return self
 

@@ -112,8 +112,10 @@ def estimate_size(model_or_config, cfg) -> dict[str, float]:
     else:
         model = model_or_config
     q_bits, q_params = 0.0, 0
-    for b, name, mod in quantizable_linears(model):
-        layer_cfg = cfg.layer_config(f"{b}.{name}")
+    linears = quantizable_linears(model)
+    n_blocks = 1 + max((b for b, _, _ in linears), default=-1)
+    for b, name, mod in linears:
+        layer_cfg = cfg.layer_config(f"{b}.{name}", n_blocks)
         q_bits += estimate_layer_bits(mod.out_features, mod.in_features, layer_cfg) * mod.out_features * mod.in_features
         q_params += mod.out_features * mod.in_features
     total = sum(p.numel() for p in model.parameters())

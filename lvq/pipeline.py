@@ -160,7 +160,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
                     full = f"{b}.{name}"
                     tl = time.perf_counter()
                     with _one_thread():
-                        qw = quantize_layer(W, H, cfg.layer_config(full))
+                        qw = quantize_layer(W, H, cfg.layer_config(full, len(blocks)))
                     dt = time.perf_counter() - tl
                     W_hat = qw.dequantize()
                     scalars, tables = split_stats(qw.stats())

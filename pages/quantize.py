@@ -38,6 +38,9 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
     "rtn": [
         ("bits", "slider", dict(minimum=1, maximum=8, step=1), "bits per weight (integer codes)"),
         ("group_size", "dropdown", dict(choices=GROUPS), "input columns sharing one scale and zero"),
+        ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
+         "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
+         "(-1. is the last block; the first match wins)"),
     ],
     "gptq": [
         ("bits", "slider", dict(minimum=1, maximum=8, step=1), "bits per weight (integer codes)"),
@@ -45,11 +48,17 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
         ("damp", "slider", dict(minimum=0.0, maximum=0.2, step=0.005),
          "damping added to H, as a fraction of its mean diagonal"),
         ("act_order", "checkbox", {}, "quantize columns in order of decreasing H diagonal"),
+        ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
+         "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
+         "(-1. is the last block; the first match wins)"),
     ],
     "glvq": [
         ("bits", "slider", dict(minimum=1.0, maximum=4.0, step=0.25),
          "average bits per weight; fractional targets mix integer widths across groups"),
         ("group_size", "dropdown", dict(choices=GROUPS), "input columns per group (one lattice each)"),
+        ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
+         "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
+         "(-1. is the last block; the first match wins)"),
         ("dim", "dropdown", dict(choices=list(GLVQ_DIMS)), "lattice dimension d (must divide the group size)"),
         ("steps", "slider", dict(minimum=0, maximum=500, step=10), "optimisation steps on G and μ per group"),
         ("companding", "checkbox", {}, "μ-law companding per group"),
@@ -106,7 +115,8 @@ LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp
           "beam_width": "Beam width", "epochs": "Epochs", "num_codebooks": "Codebooks",
           "finetune": "Block fine-tuning", "finetune_steps": "Fine-tuning passes",
           "incoherence": "Incoherence processing (RHT)", "adam_steps": "Adam steps",
-          "kmeans_iters": "k-means iterations", "e2e_steps": "End-to-end fine-tuning steps"}
+          "kmeans_iters": "k-means iterations", "e2e_steps": "End-to-end fine-tuning steps",
+          "layer_bits": "Layer widths"}
 
 
 
@@ -326,6 +336,8 @@ def _widget(cls, method: str, field: str, kind: str, opts: dict, help_: str):
     label, eid = LABELS.get(field, field), f"{method}-{field}"
     if kind == "checkbox":
         return gr.Checkbox(value=bool(default), label=label, info=help_, elem_id=eid)
+    if kind == "textbox":
+        return gr.Textbox(value=default, label=label, info=help_, elem_id=eid, **opts)
     if kind == "dropdown":  # every preset's value must be a choice (the preset buttons set them)
         presets = [cls.preset(p).to_dict().get(field) for p in getattr(cls, "presets", {})]
         extra = {v for v in [default, *presets] if v is not None}

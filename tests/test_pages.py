@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import lvq
 from pages import bitalloc, channels, chat, compare, figures, lattice, learn, quantize, runtable, sessions
 
 PAGES = [quantize, bitalloc, lattice, channels, compare, chat, learn]
@@ -364,3 +365,19 @@ def test_a_preset_keeps_its_settings_that_have_no_widget():
     assert "e2e_chat" not in quantize.settings_dict("crvq", {}, glvq_extras)  # another method's: ignored
     cfg = quantize.build_config(quantize.settings_dict("glvq", {"e2e_steps": 16.0}, glvq_extras))
     assert cfg.e2e_steps == 16 and cfg.e2e_lr == 3e-4  # a widget overrides, the rest stays
+
+
+def test_layer_widths_box_reaches_the_config_and_the_estimate(tiny_model_dir):
+    """The "Layer widths" box of RTN, GPTQ and GLVQ becomes ``layer_bits``; the estimate counts
+    it; a malformed entry is refused with the library's message."""
+    from transformers import AutoConfig
+
+    assert all(any(f == "layer_bits" for f, *_ in quantize.CONTROLS[m]) for m in ("rtn", "gptq", "glvq"))
+    shape = AutoConfig.from_pretrained(str(tiny_model_dir))
+    plain = quantize.build_config(quantize.settings_dict("gptq", {"bits": 2.0, "group_size": 32}))
+    wider = quantize.build_config(quantize.settings_dict("gptq", {"bits": 2.0, "group_size": 32,
+                                                                  "layer_bits": "self_attn.v_proj=4"}))
+    assert wider.layer_bits == "self_attn.v_proj=4"
+    assert lvq.estimate_size(shape, wider)["bits_per_weight"] > lvq.estimate_size(shape, plain)["bits_per_weight"]
+    with pytest.raises(ValueError, match="REGEX=BITS"):
+        quantize.build_config(quantize.settings_dict("glvq", {"layer_bits": "v_proj"}))

@@ -173,7 +173,8 @@ def test_train_mode_equals_decode_and_has_gradients(cfg):
     assert any(getattr(lin, n).grad is not None and getattr(lin, n).grad.abs().sum() > 0 for n in names)
 
 
-@pytest.mark.parametrize("cfg", [lvq.GPTQConfig(bits=2, group_size=32, layer_bits=r"self_attn.v_proj=4; ^0\.mlp=3"),
+# the tiny model has two blocks: "-2." is block 0
+@pytest.mark.parametrize("cfg", [lvq.GPTQConfig(bits=2, group_size=32, layer_bits=r"self_attn.v_proj=4; ^-2\.mlp=3"),
                                  lvq.GLVQConfig.preset("fast", bits=2.0, group_size=32,
                                                        layer_bits=r"self_attn.v_proj=3")])
 def test_layer_bits_give_the_named_layers_their_width(tiny, tiny_corpus, tmp_path, cfg):
@@ -185,7 +186,7 @@ def test_layer_bits_give_the_named_layers_their_width(tiny, tiny_corpus, tmp_pat
     layers = res.report.layers.set_index("layer")
     base = cfg.bits
     for name, row in layers.iterrows():
-        want = cfg.layer_config(name).bits
+        want = cfg.layer_config(name, 2).bits
         assert want == (4 if "v_proj" in name and cfg.method == "gptq" else 3 if "v_proj" in name
                         or (cfg.method == "gptq" and name.startswith("0.mlp")) else base)
         assert want <= row["bits_per_weight"] < want + 1.1  # the width plus scales (and signs)
@@ -198,6 +199,16 @@ def test_layer_bits_give_the_named_layers_their_width(tiny, tiny_corpus, tmp_pat
     again, _, _ = lvq.load_run(tmp_path / "run", device="cpu")
     with torch.no_grad():
         assert torch.allclose(again(ids).logits, before, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_bits_count_blocks_from_either_end():
+    cfg = lvq.GLVQConfig(bits=2.0, layer_bits=r"^(0|-1)\.=3; v_proj=4")
+    widths = {n: cfg.layer_config(n, 30).bits for n in ("0.mlp.up_proj", "29.mlp.up_proj", "28.mlp.up_proj",
+                                                         "29.self_attn.v_proj", "5.self_attn.v_proj")}
+    assert widths == {"0.mlp.up_proj": 3.0, "29.mlp.up_proj": 3.0, "28.mlp.up_proj": 2.0,
+                      "29.self_attn.v_proj": 3.0, "5.self_attn.v_proj": 4.0}  # the first match wins
+    assert cfg.layer_config("29.mlp.up_proj").bits == 2.0  # without the block count: from the start only
+    assert lvq.GLVQConfig(bits=2.0).layer_config("0.mlp.up_proj", 30).bits == 2.0
 
 
 @pytest.mark.parametrize("spec, message", [("v_proj", "REGEX=BITS"), ("v_proj=x", "not a number"),
