@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calibration import quantizable_linears
+from .calibration import decoder_blocks, quantizable_linears
 from .data import text_windows, tokenize
 from .errors import LvqError
 from .methods import estimate_layer_bits
@@ -112,9 +112,8 @@ def estimate_size(model_or_config, cfg) -> dict[str, float]:
     else:
         model = model_or_config
     q_bits, q_params = 0.0, 0
-    linears = quantizable_linears(model)
-    n_blocks = 1 + max((b for b, _, _ in linears), default=-1)
-    for b, name, mod in linears:
+    n_blocks = len(decoder_blocks(model))  # as the pipeline counts them for layer_config
+    for b, name, mod in quantizable_linears(model):
         layer_cfg = cfg.layer_config(f"{b}.{name}", n_blocks)
         q_bits += estimate_layer_bits(mod.out_features, mod.in_features, layer_cfg) * mod.out_features * mod.in_features
         q_params += mod.out_features * mod.in_features

@@ -34,13 +34,15 @@ GROUPS = [32, 64, 128, 256, 512]
 EMBED_CHOICES = [("fp16 (not quantized)", 0), ("8-bit", 8), ("4-bit", 4)]
 
 # (field, widget, options, one-line help) per method; defaults come from the config class.
+# the per-layer widths box of every method with a bits setting (ConfigBase.layer_bits)
+LAYER_WIDTHS = ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
+                "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
+                "(-1. is the last block; the first match wins)")
 CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
     "rtn": [
         ("bits", "slider", dict(minimum=1, maximum=8, step=1), "bits per weight (integer codes)"),
         ("group_size", "dropdown", dict(choices=GROUPS), "input columns sharing one scale and zero"),
-        ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
-         "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
-         "(-1. is the last block; the first match wins)"),
+        LAYER_WIDTHS,
     ],
     "gptq": [
         ("bits", "slider", dict(minimum=1, maximum=8, step=1), "bits per weight (integer codes)"),
@@ -48,17 +50,13 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
         ("damp", "slider", dict(minimum=0.0, maximum=0.2, step=0.005),
          "damping added to H, as a fraction of its mean diagonal"),
         ("act_order", "checkbox", {}, "quantize columns in order of decreasing H diagonal"),
-        ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
-         "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
-         "(-1. is the last block; the first match wins)"),
+        LAYER_WIDTHS,
     ],
     "glvq": [
         ("bits", "slider", dict(minimum=1.0, maximum=4.0, step=0.25),
          "average bits per weight; fractional targets mix integer widths across groups"),
         ("group_size", "dropdown", dict(choices=GROUPS), "input columns per group (one lattice each)"),
-        ("layer_bits", "textbox", dict(placeholder=r"e.g. ^(0|1|-2|-1)\.=3;self_attn.v_proj=4"),
-         "other widths for some layers: REGEX=BITS;… searched in names like 0.self_attn.v_proj "
-         "(-1. is the last block; the first match wins)"),
+        LAYER_WIDTHS,
         ("dim", "dropdown", dict(choices=list(GLVQ_DIMS)), "lattice dimension d (must divide the group size)"),
         ("steps", "slider", dict(minimum=0, maximum=500, step=10), "optimisation steps on G and μ per group"),
         ("companding", "checkbox", {}, "μ-law companding per group"),
