@@ -57,16 +57,21 @@ class RunPicker:
     def refresh(self, current: str | None = None, client_id: Any = None, request: gr.Request = None):
         """gr.update keeping the current run when it is still listed, else the first listed; an
         example gives way to the visitor's newest run once they have one."""
-        choices = self.choices(viewer(client_id, request))
+        return self._update(current, self.choices(viewer(client_id, request)))[0]
+
+    def _update(self, current: str | None, choices: list[tuple[str, str]]) -> tuple[Any, bool]:
+        """(dropdown update, whether the current run stays selected)."""
         values = [v for _, v in choices]
         first = values[0] if values else None
         keep = current in values and not (runtable.is_example(current) and not runtable.is_example(first))
-        return gr.update(choices=choices, value=current if keep else first)
+        return gr.update(choices=choices, value=current if keep else first), keep
 
     def page(self, draw: Callable[..., tuple] | None = None, outputs: list | None = None) -> Page:
-        """The Page of a page built around this picker: the dropdown is refreshed when the tab
-        opens; on load the first listed run (the visitor's newest, else an example) is picked and
-        ``draw(run, client_id, request) -> values`` fills ``outputs``."""
+        """The Page of a page built around this picker: on load the first listed run (the
+        visitor's newest, else an example) is picked and ``draw(run, client_id, request) -> values``
+        fills ``outputs``; when the tab opens the dropdown is refreshed, and a page whose note
+        (the last of ``outputs``) says nothing is drawn while a run is selected is drawn again
+        (a page left empty by an event that raced the first load heals on the next visit)."""
         outputs = outputs or []
 
         def load(client_id: Any = None, request: gr.Request = None):
@@ -75,9 +80,27 @@ class RunPicker:
             return (gr.update(choices=choices, value=value),
                     *(draw(value, client_id, request) if draw else ()))
 
-        return Page(refresh=self.refresh, outputs=[self.dropdown],
-                    refresh_inputs=[self.dropdown, self.client], load=load,
+        if draw is None or not outputs:
+            return Page(refresh=self.refresh, outputs=[self.dropdown],
+                        refresh_inputs=[self.dropdown, self.client], load=load,
+                        load_inputs=[self.client], load_outputs=[self.dropdown, *outputs])
+
+        def refresh(current: str | None, note: str | None, client_id: Any = None,
+                    request: gr.Request = None):
+            update, keep = self._update(current, self.choices(viewer(client_id, request)))
+            if keep and shows_nothing(note):  # the run stays: no change event will draw it
+                return (update, *draw(current, client_id, request))
+            return (update, *(gr.skip() for _ in outputs))
+
+        return Page(refresh=refresh, outputs=[self.dropdown, *outputs],
+                    refresh_inputs=[self.dropdown, outputs[-1], self.client], load=load,
                     load_inputs=[self.client], load_outputs=[self.dropdown, *outputs])
+
+
+def shows_nothing(note: Any) -> bool:
+    """Whether a page's note is empty or one of ``blank``'s "nothing drawn" notes."""
+    text = str(note or "").strip()
+    return not text or text.startswith(NOTHING_NOTES)
 
 
 def run_picker(label: str, methods: tuple[str, ...] | None, elem_id: str, client: gr.BrowserState,
@@ -93,9 +116,12 @@ def run_picker(label: str, methods: tuple[str, ...] | None, elem_id: str, client
     return picker
 
 
+NOTHING_NOTES = ("No ", "❌")  # how the note of ``blank`` starts: nothing selected, or an error
+
+
 def blank(n: int, message: str, note: str) -> tuple:
-    """``n`` empty figures carrying ``message``, then the ``note``: what a figure function returns
-    when there is nothing to draw."""
+    """``n`` empty figures carrying ``message``, then the ``note`` (starting with one of
+    ``NOTHING_NOTES``): what a figure function returns when there is nothing to draw."""
     empty = figures.empty_figure(message)
     return (*([empty] * n), note)
 

@@ -1,6 +1,7 @@
 """Channels page: CRVQ's critical channels, permutation, codebook usage and per-channel error."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gradio as gr
@@ -9,6 +10,8 @@ import pandas as pd
 import lvq
 
 from . import Page, client_or_new, example_banner, figures, open_report, run_picker, runtable, texts, viewer
+
+LOG = logging.getLogger(__name__)
 
 METHODS = ("crvq", "aqlm")
 
@@ -70,7 +73,8 @@ def select_run(run_dir: str | None, client_id: Any = None, request: gr.Request =
     if run_dir:
         try:
             layers = _layers(runtable.load_report(run_dir, viewer(client_id, request)))
-        except (ValueError, OSError):
+        except (ValueError, OSError) as e:
+            LOG.warning("Channels page: no layers listed for %s: %s", run_dir, e)
             layers = []
     layer = layers[0] if layers else None
     return (gr.update(choices=layers, value=layer), *layer_figures(run_dir, layer, client_id, request))

@@ -7,6 +7,7 @@ same ``group_data`` for a few groups.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gradio as gr
@@ -17,6 +18,8 @@ import lvq
 from lvq.bench import examples
 
 from . import Page, blank, cache, client_or_new, example_banner, figures, run_picker, runtable, texts, viewer
+
+LOG = logging.getLogger(__name__)
 
 METHODS = ("glvq",)
 N_FIGURES = 6  # lattice, grid, μ-law, G, rotation scatter, rotation histogram
@@ -147,7 +150,8 @@ def layers_of(run_dir: str | None, who) -> list[str]:
             return examples.view_layers(_view_table(run_dir, who))
         df = runtable.report_table(runtable.load_report(run_dir, who), "layers")
         return list(df["layer"].astype(str)) if "layer" in df else []
-    except (ValueError, OSError):
+    except (ValueError, OSError) as e:
+        LOG.warning("Lattice page: no layers listed for %s: %s", run_dir, e)
         return []
 
 

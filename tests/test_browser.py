@@ -88,12 +88,13 @@ def _wait_text(page, selector: str, text: str, timeout: float = 60_000):
                                " return el && el.innerText.includes(t); }", arg=[selector, text],
                                timeout=timeout)
     except PlaywrightTimeout:
-        shown = page.evaluate("(s) => { const el = document.querySelector(s);"
-                              " return el ? el.innerText : '(no such element)'; }", selector)
+        shown = page.evaluate("(s) => { const el = document.querySelector(s); if (!el) return '(no such element)';"
+                              " const inputs = [...el.querySelectorAll('input')].map(i => i.value).filter(v => v);"
+                              " return el.innerText + '\\n(inputs: ' + JSON.stringify(inputs) + ')'; }", selector)
         shot = ARTIFACTS / f"timeout-{selector.strip('#')}.png"
         page.screenshot(path=str(shot), full_page=True)
         pytest.fail(f"{selector} never showed {text!r} in {timeout / 1000:g} s; it showed:\n"
-                    f"{shown[:1500]}\n(screenshot: {shot})")
+                    f"{shown[-2000:]}\n(screenshot: {shot})")
 
 
 def _plots_rendered(page, container: str, at_least: int, timeout: float = 30_000) -> int:

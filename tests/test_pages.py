@@ -381,3 +381,36 @@ def test_layer_widths_box_reaches_the_config_and_the_estimate(tiny_model_dir):
     assert lvq.estimate_size(shape, wider)["bits_per_weight"] > lvq.estimate_size(shape, plain)["bits_per_weight"]
     with pytest.raises(ValueError, match="REGEX=BITS"):
         quantize.build_config(quantize.settings_dict("glvq", {"layer_bits": "v_proj"}))
+
+
+def test_opening_a_tab_draws_a_page_left_empty(monkeypatch):
+    """A picker page whose note says nothing is drawn while its run stays selected is drawn again
+    when its tab opens; a drawn page is left as it is (the visitor's layer and group stay)."""
+    from pages import RunPicker, blank, shows_nothing
+
+    run = "/runs/a"
+    with gr.Blocks():
+        client = sessions.client_state()
+        picker = RunPicker(gr.Dropdown(), None, client)
+        outs = [gr.Plot(), gr.Markdown()]
+    monkeypatch.setattr(RunPicker, "choices", lambda self, who: [("a", run)])
+    monkeypatch.setattr(runtable, "is_example", lambda r: False)
+    drawn = []
+
+    def draw(value, cid, req):
+        drawn.append(value)
+        return "figure", f"drawn {value}"
+
+    page = picker.page(draw, outs)
+    assert page.outputs == [picker.dropdown, *outs] and page.refresh_inputs[1] is outs[-1]
+    note = blank(1, "nothing", "No run selected.")[-1]
+    assert shows_nothing(note) and shows_nothing("") and shows_nothing("❌ cannot read this run")
+    assert not shows_nothing("drawn /runs/a")
+
+    update, *rest = page.refresh(run, note)
+    assert update["value"] == run and rest == ["figure", f"drawn {run}"] and drawn == [run]
+    update, *rest = page.refresh(run, "drawn /runs/a")
+    assert update["value"] == run and all(r == gr.skip() for r in rest) and drawn == [run]
+    # a run no longer listed: the dropdown moves, and its change event draws (not the refresh)
+    update, *rest = page.refresh("/runs/gone", note)
+    assert update["value"] == run and all(r == gr.skip() for r in rest) and drawn == [run]
