@@ -44,7 +44,7 @@ def _affine_codes(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, k
     if kind == "E8P" and bits == 2:
         code = (U.reshape(-1, 8) << (2 * torch.arange(8))).sum(-1)  # the 16-bit codewords
         w = _e8p_nibbles()[code].reshape(U.shape)
-        return w.numpy(), 4, XFORM_SCALAR, np.full((1, 1), c / 2, np.float32), 5.5
+        return w.numpy().astype(np.int64), 4, XFORM_SCALAR, np.full((1, 1), c / 2, np.float32), 5.5
     if kind in ("E8", "E8P"):  # E8P above 2 bits is the E8 code
         v = lat.nearest_decode(U.reshape(-1, 8), "E8", bits, dtype=torch.float64).reshape(U.shape)
         w = torch.round(2.0 * (v - 0.25)).to(torch.int64) + (1 << bits)
@@ -56,14 +56,15 @@ def _affine_codes(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, k
 
 @functools.lru_cache(maxsize=1)
 def _e8p_nibbles() -> torch.Tensor:
-    """[65536, 8] int64: every E8P codeword's coordinates v (odd multiples of ¼, |4v| <= 11)
-    re-coded as (4v + 11)/2 in 0..11, so that preparing a layer is one table lookup."""
+    """[65536, 8] uint8: every E8P codeword's coordinates v (odd multiples of ¼, |4v| <= 11)
+    re-coded as (4v + 11)/2 in 0..11, so that preparing a layer is one table lookup (512 kB,
+    kept for the process)."""
     fields = (torch.arange(1 << 16)[:, None] >> (2 * torch.arange(8))) & 3
     v = lat.nearest_decode(fields, "E8P", 2, dtype=torch.float64)
     w = (torch.round(4.0 * v).to(torch.int64) + 11) // 2
     if int(w.min()) < 0 or int(w.max()) > 15:
         raise ValueError("E8P coordinates outside the 4-bit kernel range")
-    return w
+    return w.to(torch.uint8)
 
 
 def _decode_dense(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, kind: str,
