@@ -1,6 +1,6 @@
 """Process memory housekeeping for inference on the CPU.
 
-What keeps a loaded run's process larger than what decoding needs:
+Two things keep a loaded run's process larger than what decoding needs:
 
 * the C heap keeps freed blocks (glibc returns them only on ``malloc_trim``): the temporaries of
   loading and of preparing the kernels, ~100 MB on the bundled model;
@@ -13,15 +13,8 @@ What keeps a loaded run's process larger than what decoding needs:
   form. They are clean file pages, so the kernel can drop them and read them back from the file
   if a stored tensor is used again (saving, ``.weight``, a mode change).
 
-* while decoding, glibc's heap grows to hold freed blocks of up to the largest size freed so far
-  (its mmap threshold adapts upwards, to 32 MB): a prompt's prefill, which decodes layers and
-  builds long activations, leaves tens of MB of free heap behind that ``malloc_trim`` cannot
-  return once small live blocks sit above them. ``map_large_blocks`` fixes the threshold
-  (``mallopt(M_MMAP_THRESHOLD)``) so blocks of 1 MiB or more are mapped on their own and
-  unmapped when freed (BENCHMARKS.md, decoding table, has what it saves).
-
-All are hints to the operating system or the C library; none changes a tensor's value. Linux with
-glibc only; elsewhere they do nothing.
+Both are hints to the operating system; neither changes a tensor's value. Linux with glibc only;
+elsewhere they do nothing.
 """
 from __future__ import annotations
 
@@ -46,20 +39,6 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
-
-
-M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
-LARGE_BLOCK = 1 << 20  # bytes: blocks this large are mapped on their own (``map_large_blocks``)
-
-
-def map_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
-    """Have glibc map every block of ``threshold`` bytes or more on its own and unmap it when
-    freed, instead of keeping freed blocks in the heap (a process-wide allocator setting, for
-    inference: more page faults for large temporaries, none left resident). True if applied."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
 
 
 def mapped_ranges(path: str | Path) -> list[tuple[int, int]]:

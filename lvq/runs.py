@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from .errors import LvqError
 from .half_embeddings import halve_embeddings
 from .hf import QUANT_METHOD, hf_quantization_config
-from .memory import map_large_blocks, page_out, page_out_compiler, release_free_memory
+from .memory import page_out, page_out_compiler, release_free_memory
 from .methods import get_method, weight_class
 from .qembedding import (QuantizedEmbedding, embedding_entries, install_quantized_embeddings, is_head,
                          quantized_model_size, tie_heads)
@@ -263,7 +263,6 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, veri
     tok = AutoTokenizer.from_pretrained(str(run_dir))
     report = Report.load(run_dir / "report")
     if prepared:  # decoding reads the kernels' layout, not the stored form (lvq/memory.py)
-        map_large_blocks()
         release_free_memory()
         page_out(run_dir / "model.safetensors")
         page_out_compiler()

@@ -43,32 +43,3 @@ def test_numba_still_compiles_after_its_library_is_paged_out():
         return 2 * a
 
     assert twice(21) == 42  # LLVM's pages come back from the file
-
-
-PROBE = """
-import sys, numpy as np, psutil
-from lvq.memory import map_large_blocks
-if sys.argv[1] == "1":
-    assert map_large_blocks()
-np.ones(4 << 20, np.uint8)  # one large block freed: glibc's threshold would now adapt upwards
-rss0 = psutil.Process().memory_info().rss
-big, small = [], []
-for _ in range(32):  # 32 blocks of 2 MiB, each followed by a small block that stays alive
-    big.append(np.ones(2 << 20, np.uint8))
-    small.append(np.ones(4096, np.uint8))
-del big
-print((psutil.Process().memory_info().rss - rss0) / 2**20)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_large_blocks_go_back_to_the_os_once_freed():
-    import subprocess
-
-    def kept_mb(setting: str) -> float:
-        out = subprocess.run([sys.executable, "-c", PROBE, setting], capture_output=True, text=True,
-                             check=True)
-        return float(out.stdout.strip())
-
-    assert kept_mb("0") > 32  # the default heap keeps most of the 64 MiB freed
-    assert kept_mb("1") < 8   # mapped on their own: unmapped when freed

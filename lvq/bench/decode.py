@@ -25,7 +25,6 @@ import torch
 
 from ..config import CalibConfig
 from ..data import eval_text, text_windows
-from ..memory import map_large_blocks
 from ..methods import config_from_dict
 from ..models import load_model
 from ..pipeline import QuantizeResult
@@ -61,7 +60,6 @@ def measure(target: str, fp16_embeddings: bool = False) -> dict:
     """tokens/s of decoding and prefill, and resident memory, for one run folder or model
     (``fp16_embeddings``: a run's embedding and lm_head held in fp16, ``load_run``'s option)."""
     torch.set_num_threads(THREADS)
-    map_large_blocks()  # as load_run sets it for a run: every target under the same allocator
     rss0 = psutil.Process().memory_info().rss
     if (Path(target) / "run.json").is_file():
         model, tok, _ = load_run(target, device="cpu", fp16_embeddings=fp16_embeddings)
