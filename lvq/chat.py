@@ -6,6 +6,16 @@ from typing import Iterator
 
 import torch
 
+from .memory import release_free_memory
+
+
+def after_reply() -> None:
+    """What a chat does once a reply is complete: Python's garbage and the C heap's free pages
+    back to the OS (lvq/memory.py). A reply's prefill (a prompt longer than a few tokens decodes
+    each quantized layer for the call) leaves tens of MB of freed temporaries in glibc's heap,
+    which would otherwise stay resident between replies."""
+    release_free_memory()
+
 
 def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
     """Token ids [1, P] of ``messages`` through the chat template (plain text for base models)."""
@@ -20,7 +30,8 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
 def chat_stream(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 128,
                 temperature: float = 0.7, top_p: float = 0.9, stop: threading.Event | None = None,
                 seed: int | None = 0) -> Iterator[str]:
-    """Yield the growing reply text, one token at a time. ``stop`` ends generation early."""
+    """Yield the growing reply text, one token at a time. ``stop`` ends generation early; once the
+    reply is complete the process hands its free heap back (``after_reply``)."""
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     class _Stop(StoppingCriteria):
@@ -56,5 +67,6 @@ def chat_stream(model, tokenizer, messages: list[dict[str, str]], max_new_tokens
             text += piece
             yield text
     t.join()
+    after_reply()
     if errors:
         raise errors[0]

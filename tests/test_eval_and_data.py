@@ -97,3 +97,22 @@ def test_chat_windows_are_conversations_cut_to_length(tiny_model_dir):
     plain = torch.zeros(4, 64, dtype=torch.long)
     mixed = _with_chat(plain, W)
     assert mixed.shape == (7, 64) and torch.equal(mixed[-2:], torch.stack([W[2], plain[3]]))
+
+
+def test_a_chat_reply_hands_the_free_heap_back(tiny_model_dir, monkeypatch):
+    """lvq.chat_stream streams a reply, then calls after_reply once (memory back to the OS), also
+    when the reply is stopped early."""
+    import threading
+
+    import lvq.chat
+
+    calls = []
+    monkeypatch.setattr(lvq.chat, "release_free_memory", lambda: calls.append(1))
+    model, tok = lvq.load_model(str(tiny_model_dir))
+    messages = [{"role": "user", "content": "hello"}]
+    texts = list(lvq.chat_stream(model, tok, messages, max_new_tokens=4, temperature=0))
+    assert texts and calls == [1]
+    stop = threading.Event()
+    stop.set()
+    list(lvq.chat_stream(model, tok, messages, max_new_tokens=4, temperature=0, stop=stop))
+    assert calls == [1, 1]

@@ -9,7 +9,8 @@ the decoding steps, timed from the first token to the last, so the prompt's pref
 median of ``REPEATS``), prefill of one
 ``PREFILL`` -token window (tokens/s), and the process's resident memory: after the imports, after
 loading (a saved run as ``lvq.load_run`` gives it: ``packed`` on CPU, kernels prepared), and
-after generating and the prefill.
+after generating (each reply followed by ``lvq.chat.after_reply``, as a chat does) and the
+prefill.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from ..chat import after_reply
 from ..config import CalibConfig
 from ..data import eval_text, text_windows
 from ..methods import config_from_dict
@@ -72,10 +74,12 @@ def measure(target: str, fp16_embeddings: bool = False) -> dict:
                                   return_tensors="pt", return_dict=True)["input_ids"]
     pad = tok.pad_token_id or tok.eos_token_id
     _step_times(model, ids, 8, pad)  # warm-up (kernel preparation and compilation, allocator)
+    after_reply()
     rates = []
     for _ in range(REPEATS):
         stamps = _step_times(model, ids, NEW_TOKENS + 1, pad)
         rates.append(NEW_TOKENS / max(stamps[-1] - stamps[0], 1e-9))
+        after_reply()  # as lvq chat and the Chat page do after each reply (untimed)
     chat_rss = psutil.Process().memory_info().rss  # while chatting: loaded, prompts and replies done
     window = text_windows(tok, eval_text("wiki-bundled"), PREFILL)[-1:]
     model(window, use_cache=False)  # warm-up of the long-input path
