@@ -44,7 +44,7 @@ def _affine_codes(U: torch.Tensor, bits: int, gen: torch.Tensor, decoder: str, k
     if kind == "E8P" and bits == 2:
         code = (U.reshape(-1, 8) << (2 * torch.arange(8))).sum(-1)  # the 16-bit codewords
         w = _e8p_nibbles()[code].reshape(U.shape)
-        return w.numpy().astype(np.int64), 4, XFORM_SCALAR, np.full((1, 1), c / 2, np.float32), 5.5
+        return w.numpy(), 4, XFORM_SCALAR, np.full((1, 1), c / 2, np.float32), 5.5
     if kind in ("E8", "E8P"):  # E8P above 2 bits is the E8 code
         v = lat.nearest_decode(U.reshape(-1, 8), "E8", bits, dtype=torch.float64).reshape(U.shape)
         w = torch.round(2.0 * (v - 0.25)).to(torch.int64) + (1 << bits)
