@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lvq.companding import expand
 from lvq.kernels import (additive_matmul, lattice_matmul, prepare_additive, prepare_lattice,
                          prepare_scalar, scalar_matmul)
-from lvq.kernels._common import PARALLEL_MIN_WEIGHTS, jit
+from lvq.kernels._common import PARALLEL_MIN_WEIGHTS, jit, prefetch_rows
 from lvq.packing import pack
 
 TOKENS = (1, 3, 8, 24)  # 24 > DENSE_MIN_TOKENS: Ŵ decoded from the prepared layout
@@ -322,3 +322,14 @@ def test_nothing_compiles_at_import():
             "ds = list(S._KERNELS.values()) + list(A._LUT.values()) + list(A._DECODE.values())\n"
             "assert not any(d.signatures for d in ds), 'compiled at import'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.float32])
+def test_prefetch_rows_reads_nothing_and_clips_to_the_rows(dtype):
+    """Prefetching is a hint: any rows (past the end, negative, empty column ranges) leave the
+    array as it was and raise nothing, for every element type the kernels prefetch."""
+    a = np.arange(5 * 100, dtype=np.uint32).astype(dtype).reshape(5, 100)
+    before = a.copy()
+    for first, n, r0, r1 in [(0, 5, 0, 100), (3, 4, 10, 90), (5, 2, 0, 100), (-2, 3, 0, 100), (0, 5, 50, 50)]:
+        prefetch_rows(a, first, n, r0, r1)
+    np.testing.assert_array_equal(a, before)

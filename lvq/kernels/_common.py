@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 # A process that is not the one that imported us is a fork child: kernels run single-threaded
@@ -106,6 +107,43 @@ def half_f32(typingctx, bits):
         return builder.fpext(h, ir.FloatType())
 
     return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Ask the CPU to bring the cache line holding ``arr[i]`` (a 1-d array) into cache, for
+    reading, ahead of use (LLVM's prefetch: no fault on any address, no effect on results)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+    sig = types.void(arr, i)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+CACHE_LINE = 64  # bytes
+
+
+@jit()
+def prefetch_rows(a, first, n, r0, r1):  # pragma: no cover - compiled
+    """Prefetch rows ``first … first + n − 1`` of the 2-d array ``a`` (clipped to its rows),
+    columns ``r0 … r1 − 1``: one ``prefetch`` per cache line."""
+    step = max(1, CACHE_LINE // a.itemsize)
+    for r in range(max(first, 0), min(first + n, a.shape[0])):
+        row = a[r, r0:r1]
+        for i in range(0, r1 - r0, step):
+            prefetch(row, i)
 
 
 def num_blocks(work: int, threads: int | None) -> int:

@@ -29,9 +29,11 @@ import torch
 from numba import prange
 
 from ..packing import unpack
-from ._common import DENSE_MIN_TOKENS, all_row_blocks, call_layout, from_rows, jit, one_token_view, to_numpy
+from ._common import (DENSE_MIN_TOKENS, all_row_blocks, call_layout, from_rows, jit, one_token_view,
+                      prefetch_rows, to_numpy)
 
 DIMS = (2, 4, 8, 16)
+LUT_ROWS = 4  # code rows per pass of the lookup kernel; the next pass's rows are prefetched
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ def _make_lut(parallel: bool):
         T = xp.shape[0]
         d = cbT.shape[0]
         R = lrows.shape[0]
+        for blk in range(bounds.shape[0] - 1):  # the first code rows load while the tables build
+            prefetch_rows(codesT, 0, LUT_ROWS, bounds[blk], bounds[blk + 1])
         lut = np.empty((T, lut_size), dtype=np.float32)
         for r in prange(R):  # table row r: codebook k, group g -> <x_g, C_k[c]> for every c
             e0, K, cr, xc = lrows[r, 0], lrows[r, 1], lrows[r, 2], lrows[r, 3]
@@ -160,7 +164,8 @@ def _make_lut(parallel: bool):
             for t in range(T):
                 acc[:] = 0.0
                 r = 0
-                while r + 4 <= R:  # four table rows per pass over the outputs: 1/4 the acc traffic
+                while r + LUT_ROWS <= R:  # four table rows per pass over the outputs: 1/4 the acc traffic
+                    prefetch_rows(codesT, r + LUT_ROWS, LUT_ROWS, r0, r1)  # the next four, ahead
                     l0 = lut[t, lrows[r, 0]:]
                     l1 = lut[t, lrows[r + 1, 0]:]
                     l2 = lut[t, lrows[r + 2, 0]:]
@@ -172,7 +177,7 @@ def _make_lut(parallel: bool):
                     for i in range(r1 - r0):
                         acc[i] += ((l0[np.int32(c0[i])] + l1[np.int32(c1[i])])
                                    + (l2[np.int32(c2[i])] + l3[np.int32(c3[i])]))
-                    r += 4
+                    r += LUT_ROWS
                 while r < R:
                     lg = lut[t, lrows[r, 0]:]
                     cr = codesT[r, r0:r1]

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import half_f32, jit
+from ._common import half_f32, jit, prefetch_rows
+
+AHEAD = 4  # rows read ahead of use
 
 
 @jit()
 def half_matvec(x, E, y):  # pragma: no cover - compiled
     """x: float32 [in]; E: uint16 [out, in] (fp16 bit patterns, C-contiguous); y: float32 [out]."""
     n = E.shape[1]
+    prefetch_rows(E, 0, AHEAD, 0, n)
     for r in range(E.shape[0]):
+        prefetch_rows(E, r + AHEAD, 1, 0, n)  # read ahead: this host barely prefetches by itself
         acc = np.float32(0.0)
         for j in range(n):
             acc += half_f32(E[r, j]) * x[j]
