@@ -56,6 +56,22 @@ def test_scalar_every_width(bits):
         close(scalar_matmul(x, p), F.linear(x, W))
 
 
+def test_one_token_through_a_tall_layer_goes_in_tiles():
+    """A layer taller than TILE_MIN_ROWS (a vocabulary head) runs one token tile by tile: same
+    result, and the last, partial tile included."""
+    from lvq.kernels.scalar import TILE_MIN_ROWS, TILE_ROWS, one_token_tiles
+    out_f, in_f, gs, bits = TILE_MIN_ROWS + TILE_ROWS + 37, 96, 64, 8
+    q = torch.randint(0, 1 << bits, (out_f, in_f))
+    s = (torch.rand(out_f, 2) + 0.1).half()
+    z = (torch.rand(out_f, 2) * 255).half()
+    p = prepare_scalar(pack(q, bits), s, z, bits, gs, out_f, in_f)
+    bounds = p.single[1][-1]
+    assert len(bounds) - 1 == -(-out_f // TILE_ROWS) and bounds[-1] == out_f
+    assert len(one_token_tiles(TILE_MIN_ROWS)) == 2  # a model's own layers: one block
+    x = torch.randn(1, in_f)
+    close(scalar_matmul(x, p), F.linear(x, scalar_reference(q, s, z, gs)))
+
+
 @pytest.mark.parametrize("bits", [2, 8])
 def test_grouped_kernel_one_token_paths(bits):
     """GroupedKernel's one-token path, in every shape generate passes, equals the reference."""
