@@ -6,7 +6,9 @@
   each kernel compiles on its first call.
 * Intrinsics numba does not express directly: ``field_f32(word, mask)`` = float32(word & mask)
   without numba's widening of integer arithmetic to int64 (which would halve the SIMD width);
-  ``half_f32(bits)`` = the float32 value of an IEEE fp16 bit pattern (vcvtph2ps on x86).
+  ``half_f32(bits)`` = the float32 value of an IEEE fp16 bit pattern (vcvtph2ps on x86);
+  ``prefetch(arr, i)`` = LLVM's read prefetch of the cache line holding ``arr[i]``
+  (``prefetch_rows``: a block of rows; the kernels stream their codes through it).
 * Threading: ``num_blocks(work, threads)`` is how many row blocks a call splits into: one unless
   the caller asks for more (see its docstring for the measurement behind that default), and
   always one for small layers (a parallel launch costs more than it saves there) and in a
@@ -124,6 +126,7 @@ def prefetch(typingctx, arr, i):
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
         i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
+        # the opaque-pointer name of the intrinsic (LLVM >= 15; numba's pinned llvmlite has 22)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]), "llvm.prefetch.p0")
         builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
