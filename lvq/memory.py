@@ -1,6 +1,6 @@
 """Process memory housekeeping for inference on the CPU.
 
-Two things keep a loaded run's process larger than what decoding needs:
+Three things keep a loaded run's process larger than what decoding needs:
 
 * the C heap keeps freed blocks (glibc returns them only on ``malloc_trim``): the temporaries of
   loading and of preparing the kernels, ~100 MB on the bundled model;
@@ -13,8 +13,8 @@ Two things keep a loaded run's process larger than what decoding needs:
   form. They are clean file pages, so the kernel can drop them and read them back from the file
   if a stored tensor is used again (saving, ``.weight``, a mode change).
 
-Both are hints to the operating system; neither changes a tensor's value. Linux with glibc only;
-elsewhere they do nothing.
+The remedies (``malloc_trim``, ``madvise``) are hints to the C library and the operating system;
+none changes a tensor's value. Linux with glibc only; elsewhere they do nothing.
 """
 from __future__ import annotations
 

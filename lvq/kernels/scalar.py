@@ -29,8 +29,8 @@ from numba import prange
 from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
-from ._common import (DENSE_MIN_TOKENS, all_row_blocks, row_blocks, as_rows, call_layout, field_f32, from_rows,
-                      half_f32, jit, one_token_view, prefetch_rows)
+from ._common import (DENSE_MIN_TOKENS, all_row_blocks, as_rows, call_layout, field_f32, from_rows,
+                      half_f32, jit, one_token_view, prefetch_rows, row_blocks)
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
