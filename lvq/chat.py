@@ -27,6 +27,31 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt")["input_ids"]
 
 
+def greedy_replies(model, tokenizer, conversations: list[list[dict[str, str]]],
+                   max_new_tokens: int = 96, batch_size: int = 16) -> list[str]:
+    """The model's greedy next turn for each conversation (through the chat template), generated
+    ``batch_size`` conversations at a time with the prompts left-padded; special tokens dropped
+    from the text. Used to build fine-tuning data from the original model's own replies
+    (lvq/data.py ``model_chat_windows``)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[str] = []
+    for a in range(0, len(conversations), batch_size):
+        prompts = [prompt_ids(tokenizer, c)[0] for c in conversations[a:a + batch_size]]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = 1
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=pad)
+        out += [tokenizer.decode(g[width:], skip_special_tokens=True).strip() for g in gen.cpu()]
+    return out
+
+
 def chat_stream(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 128,
                 temperature: float = 0.7, top_p: float = 0.9, stop: threading.Event | None = None,
                 seed: int | None = 0) -> Iterator[str]:

@@ -24,6 +24,9 @@ def _check_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
+CHAT_REPLIES = ("text", "model")  # e2e_chat_replies: the calibration text's or the model's own
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConfigBase:
     """What every method shares (keyword-only fields, after each method's own):
@@ -37,7 +40,10 @@ class ConfigBase:
     to match the original model's next-token distribution (KL), ``e2e_steps`` optimizer steps at
     ``e2e_lr``, with early stopping on held-out windows; ``e2e_chat`` more windows of chat-template
     conversations built from the calibration text (lvq/data.py ``chat_windows``) join its data, so
-    that the model also keeps the original's behaviour where a chat reply starts.
+    that the model also keeps the original's behaviour where a chat reply starts;
+    ``e2e_chat_replies``: whose replies those conversations hold, ``"text"`` (the rest of the
+    paragraph the user's request quotes) or ``"model"`` (the original model's own greedy replies,
+    generated before quantizing: lvq/data.py ``model_chat_windows``).
     layer_bits: other widths for some layers, ``"REGEX=BITS;REGEX=BITS"`` (methods with a
     ``bits`` setting): each REGEX is searched in the layer's name ``"<block>.<module path>"``
     (e.g. ``"0.self_attn.v_proj"``; negative block numbers count from the end, ``"-1."`` is the
@@ -56,6 +62,7 @@ class ConfigBase:
     e2e_steps: int = 0
     e2e_lr: float = 1e-5
     e2e_chat: int = 0
+    e2e_chat_replies: str = "text"
     layer_bits: str = ""
 
     method: ClassVar[str] = ""
@@ -71,6 +78,8 @@ class ConfigBase:
         _check_range("e2e_steps", self.e2e_steps, 0, 1_000_000)
         _check_range("e2e_lr", self.e2e_lr, 0.0, 1.0)
         _check_range("e2e_chat", self.e2e_chat, 0, 100_000)
+        if self.e2e_chat_replies not in CHAT_REPLIES:
+            raise ValueError(f"e2e_chat_replies must be one of {CHAT_REPLIES}, got {self.e2e_chat_replies!r}")
         for pattern, bits in self._layer_bits():  # each width passes the method's own checks
             try:
                 dataclasses.replace(self, bits=bits, layer_bits="")

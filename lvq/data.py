@@ -21,6 +21,7 @@ import bz2
 import importlib.util
 import re
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -218,12 +219,7 @@ def chat_windows(tokenizer, text: str, n: int, seqlen: int, seed: int = 0) -> to
     None when the tokenizer has no chat template."""
     if n <= 0 or not getattr(tokenizer, "chat_template", None):
         return None
-    paras = [p.split() for p in re.split(r"\n\s*\n|\n", text)]
-    paras = [w for w in paras if len(w) >= 2 * CHAT_HEAD_WORDS]
-    if not paras:
-        raise LvqError("the calibration text has no paragraph long enough for chat windows "
-                       f"({2 * CHAT_HEAD_WORDS} words or more)")
-    order = torch.randperm(len(paras), generator=torch.Generator().manual_seed(seed)).tolist()
+    paras, order = _chat_paragraphs(text, seed)
     out, k = [], 0
     for _ in range(n):
         messages: list[dict[str, str]] = []
@@ -237,3 +233,44 @@ def chat_windows(tokenizer, text: str, n: int, seqlen: int, seed: int = 0) -> to
             k += 1
         out.append(torch.tensor(ids[:seqlen], dtype=torch.long))
     return torch.stack(out)
+
+
+def _chat_paragraphs(text: str, seed: int) -> tuple[list[list[str]], list[int]]:
+    """The paragraphs of ``text`` long enough for a chat exchange (as word lists) and their
+    seeded order."""
+    paras = [p.split() for p in re.split(r"\n\s*\n|\n", text)]
+    paras = [w for w in paras if len(w) >= 2 * CHAT_HEAD_WORDS]
+    if not paras:
+        raise LvqError("the calibration text has no paragraph long enough for chat windows "
+                       f"({2 * CHAT_HEAD_WORDS} words or more)")
+    return paras, torch.randperm(len(paras), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def model_chat_windows(tokenizer, text: str, n: int, seqlen: int,
+                       reply: Callable[[list[list[dict[str, str]]]], list[str]],
+                       seed: int = 0) -> torch.Tensor | None:
+    """Like ``chat_windows``, but the assistant's turns are the model's own: the user's requests
+    are the same (a paragraph's first words, ``CHAT_REQUESTS``), and ``reply(conversations)``
+    gives the next assistant turn of each unfinished conversation (the original model's greedy
+    reply, ``lvq.chat.greedy_replies``), all ``n`` conversations advancing one turn per call.
+    Fine-tuned against the original's distribution on these windows, the quantized model learns
+    the replies the original actually gives (a data-free distillation in the manner of LLM-QAT's
+    self-generated data) rather than Wikipedia's next paragraph. [n, seqlen], or None when the
+    tokenizer has no chat template."""
+    if n <= 0 or not getattr(tokenizer, "chat_template", None):
+        return None
+    paras, order = _chat_paragraphs(text, seed)
+    convs: list[list[dict[str, str]]] = [[] for _ in range(n)]
+    ids: list[list[int]] = [[] for _ in range(n)]
+    open_, k = list(range(n)), 0
+    while open_:
+        for i in open_:
+            words = paras[order[k % len(order)]]
+            convs[i].append({"role": "user", "content": CHAT_REQUESTS[k % len(CHAT_REQUESTS)].format(
+                head=" ".join(words[:CHAT_HEAD_WORDS]))})
+            k += 1
+        for i, text_i in zip(open_, reply([convs[i] for i in open_])):
+            convs[i].append({"role": "assistant", "content": text_i})
+            ids[i] = list(tokenizer.apply_chat_template(convs[i], tokenize=True, return_dict=True)["input_ids"])
+        open_ = [i for i in open_ if len(ids[i]) < seqlen]
+    return torch.stack([torch.tensor(x[:seqlen], dtype=torch.long) for x in ids])

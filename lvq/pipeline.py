@@ -27,8 +27,9 @@ from torch import nn
 
 from .calibration import (capture_block_inputs, decoder_blocks, linear_stages, quantizable_linears,
                           run_block, stage_hessian)
+from .chat import greedy_replies
 from .config import CalibConfig
-from .data import calibration_text, calibration_windows, chat_windows
+from .data import calibration_text, calibration_windows, chat_windows, model_chat_windows
 from .errors import Cancelled
 from .eval import check_seqlen, model_size
 from .finetune import finetune_block, finetune_model, teacher_targets
@@ -101,6 +102,24 @@ def _with_chat(windows: torch.Tensor, chat: torch.Tensor | None) -> torch.Tensor
     return both[torch.argsort(place, stable=True)]
 
 
+def _chat(model: nn.Module, tokenizer, text: str, cfg, calib: CalibConfig, progress: Progress,
+          total: int) -> torch.Tensor | None:
+    """End-to-end fine-tuning's chat windows [cfg.e2e_chat, seqlen] (or None): replies from the
+    calibration text, or the original model's own (``cfg.e2e_chat_replies``), generated on one
+    thread so that they do not depend on the machine's thread count."""
+    if cfg.e2e_chat_replies != "model":
+        return chat_windows(tokenizer, text, cfg.e2e_chat, calib.seqlen, calib.seed)
+    turns = [0]
+
+    def reply(conversations):
+        turns[0] += 1
+        progress(0, total, f"the original model writes its replies in {len(conversations)} chat windows "
+                           f"(turn {turns[0]})")
+        with _one_thread():
+            return greedy_replies(model, tokenizer, conversations, batch_size=calib.batch_size)
+    return model_chat_windows(tokenizer, text, cfg.e2e_chat, calib.seqlen, reply, calib.seed)
+
+
 def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None = None,
                    progress: Progress | None = None, cancel=None,
                    device: str | torch.device | None = None) -> QuantizeResult:
@@ -134,7 +153,7 @@ def quantize_model(model: nn.Module, tokenizer, cfg, calib: CalibConfig | None =
         teacher = e2e_windows = None
         if cfg.e2e_steps:
             progress(0, total, "the original model's next-token distribution (for end-to-end fine-tuning)")
-            e2e_windows = _with_chat(windows, chat_windows(tokenizer, text, cfg.e2e_chat, calib.seqlen, calib.seed))
+            e2e_windows = _with_chat(windows, _chat(model, tokenizer, text, cfg, calib, progress, total))
             teacher = teacher_targets(model, e2e_windows, batch_size=calib.batch_size)
         progress(0, total, f"capturing inputs of block 1/{len(blocks)}")
         inputs = capture_block_inputs(model, windows, calib.batch_size, dev)

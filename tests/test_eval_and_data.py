@@ -99,6 +99,40 @@ def test_chat_windows_are_conversations_cut_to_length(tiny_model_dir):
     assert mixed.shape == (7, 64) and torch.equal(mixed[-2:], torch.stack([W[2], plain[3]]))
 
 
+def test_greedy_replies_in_a_batch_are_the_replies_one_at_a_time(tiny_model_dir):
+    """Left-padded batch generation gives each conversation the reply it gets alone."""
+    from lvq.chat import greedy_replies
+
+    model, tok = lvq.load_model(str(tiny_model_dir))
+    convs = [[{"role": "user", "content": "The lattice is"}],
+             [{"role": "user", "content": "A generator matrix maps integer coordinates to"}],
+             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "points"},
+              {"role": "user", "content": "rounding a vector"}]]
+    together = greedy_replies(model, tok, convs, max_new_tokens=6)
+    alone = [greedy_replies(model, tok, [c], max_new_tokens=6)[0] for c in convs]
+    assert together == alone and all(isinstance(r, str) for r in together)
+
+
+def test_model_chat_windows_hold_the_models_own_replies(tiny_model_dir):
+    """model_chat_windows asks the same requests as chat_windows, one turn of every open
+    conversation per reply call, and the windows hold the replies it was given, cut to length."""
+    from lvq.data import CHAT_HEAD_WORDS, model_chat_windows
+
+    tok = lvq.load_model(str(tiny_model_dir))[1]
+    text = "\n\n".join(" ".join(f"w{i}_{j}" for j in range(60)) for i in range(10))
+    calls = []
+
+    def reply(convs):
+        calls.append(len(convs))
+        assert all(c[-1]["role"] == "user" and f"_{CHAT_HEAD_WORDS - 1} " in c[-1]["content"] + " " for c in convs)
+        return [f"reply {len(calls)} to {len(c) // 2}" for c in convs]
+
+    W = model_chat_windows(tok, text, 3, 240, reply, seed=1)  # one exchange: ~180 tokens here
+    assert W.shape == (3, 240) and calls[0] == 3 and len(calls) >= 2
+    assert calls == [3, 3] and all("assistant\nreply 1 to 0<|im_end|>" in tok.decode(w) for w in W)
+    assert model_chat_windows(tok, text, 0, 240, reply) is None
+
+
 def test_a_chat_reply_hands_the_free_heap_back(tiny_model_dir, monkeypatch):
     """lvq.chat_stream streams a reply, then calls after_reply once (memory back to the OS), also
     when the reply is stopped early."""

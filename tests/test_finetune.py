@@ -95,6 +95,23 @@ def test_end_to_end_finetuning_lowers_the_kl_to_the_original(tiny_model_dir, tin
     assert lin.scale.dtype == torch.float16 and not lin.scale.requires_grad and lin.mode == "decode"
 
 
+def test_end_to_end_on_the_models_own_chat_replies(tiny_model_dir, tiny_corpus):
+    """e2e_chat_replies="model": the original model writes the chat windows' replies before any
+    layer is quantized (said in the progress), and fine-tuning runs on them."""
+    import lvq
+
+    model, tok = lvq.load_model(str(tiny_model_dir))
+    cfg = lvq.RTNConfig(bits=2, group_size=16, e2e_steps=4, e2e_lr=3e-3, e2e_chat=2, e2e_chat_replies="model")
+    said = []
+    res = lvq.quantize_model(model, tok, cfg, calib=lvq.CalibConfig(corpus=str(tiny_corpus), n_windows=4, seqlen=32),
+                             progress=lambda step, total, msg: said.append((step, msg)))
+    writes = [i for i, (_, msg) in enumerate(said) if "writes its replies in 2 chat windows" in msg]
+    first_layer = next(i for i, (step, _) in enumerate(said) if step > 0)
+    assert writes and writes[-1] < first_layer and res.metrics["e2e_kl_before"] > 0
+    with pytest.raises(ValueError, match="e2e_chat_replies must be one of"):
+        lvq.RTNConfig(bits=2, e2e_chat_replies="wiki")
+
+
 def test_block_checkpointing_gives_the_same_gradients_and_cleans_up(tiny_model_dir):
     """End-to-end training recomputes each block in the backward pass (memory of one block's
     activations): the gradients equal those without it, and nothing stays switched on after."""

@@ -88,6 +88,10 @@ def levers() -> list[Entry]:
         ("CRVQ (fast) + incoherence", cf.replace(incoherence=True), SEEDS),
         ("GLVQ 2 bpw (quality)", g, SEEDS, QUALITY_WINDOWS),
         ("GLVQ 2 bpw (quality) − chat windows", g.replace(e2e_chat=0), SEEDS, QUALITY_WINDOWS),
+        # the chat windows' replies written by the original model itself (greedy) instead of
+        # the calibration paragraph's rest: the talk measure asks for the original's own replies
+        ("GLVQ 2 bpw (quality) + the model's own chat replies", g.replace(e2e_chat_replies="model"), SEEDS,
+         QUALITY_WINDOWS),
         ("GLVQ 2 bpw (quality) + block fine-tuning", g.replace(finetune=True, finetune_steps=8), SEEDS,
          QUALITY_WINDOWS),
         ("GLVQ 2 bpw (quality) + trained rotation signs", g.replace(train_rotation=True), SEEDS,
