@@ -22,7 +22,7 @@ import gradio as gr
 import pandas as pd
 
 import lvq
-from lvq.config import ADDITIVE_DIMS, GLVQ_DECODERS, GLVQ_DIMS, GLVQ_LATTICES
+from lvq.config import ADDITIVE_DIMS, CHAT_REPLIES, GLVQ_DECODERS, GLVQ_DIMS, GLVQ_LATTICES
 from lvq.jobs import EvalConfig, JobSpec, run_job
 
 from . import Page, cache, client_or_new, myruns, retention, runtable, sessions, texts, viewer
@@ -74,6 +74,11 @@ CONTROLS: dict[str, list[tuple[str, str, dict, str]]] = {
         ("finetune_steps", "slider", dict(minimum=1, maximum=100, step=1), "fine-tuning passes per block"),
         ("e2e_steps", "slider", dict(minimum=0, maximum=500, step=8),
          "end-to-end fine-tuning steps after the last block (0 = none)"),
+        ("e2e_chat", "slider", dict(minimum=0, maximum=64, step=1),
+         "chat-template conversations added to end-to-end fine-tuning's windows"),
+        ("e2e_chat_replies", "dropdown", dict(choices=list(CHAT_REPLIES)),
+         "whose replies those conversations hold: text = the calibration paragraph's rest, "
+         "model = the original model's own (greedy, written before quantizing)"),
     ],
     "crvq": [
         ("dim", "dropdown", dict(choices=list(ADDITIVE_DIMS)), "vector length d (consecutive input columns)"),
@@ -114,6 +119,7 @@ LABELS = {"bits": "Bits per weight", "group_size": "Group size (columns)", "damp
           "finetune": "Block fine-tuning", "finetune_steps": "Fine-tuning passes",
           "incoherence": "Incoherence processing (RHT)", "adam_steps": "Adam steps",
           "kmeans_iters": "k-means iterations", "e2e_steps": "End-to-end fine-tuning steps",
+          "e2e_chat": "Chat windows", "e2e_chat_replies": "Chat replies from",
           "layer_bits": "Layer widths"}
 
 
