@@ -196,11 +196,26 @@ def as_rows(x: torch.Tensor, in_features: int) -> tuple[np.ndarray, tuple[int, .
 
 def one_token_view(x: torch.Tensor, in_features: int) -> np.ndarray | None:
     """x as a [1, in] float32 numpy view when it is one fp32 token a kernel's compiled one-token
-    function can take as is (contiguous CPU, no grad); else None."""
+    function can take as is (contiguous CPU, no grad); else None. (The reshape is numpy's: a
+    torch ``view`` before ``.numpy()`` costs a microsecond more, per layer and token.)"""
     if (x.numel() == in_features and x.dtype is torch.float32 and x.is_contiguous()
             and not x.requires_grad and x.is_cpu):
-        return x.view(1, in_features).numpy()
+        return x.numpy().reshape(1, in_features)
     return None
+
+
+def one_token_call(one, x: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor | None:
+    """y [*lead, out] = fn(x as [1, in], *args) for a kernel's compiled one-token function
+    ``one = (fn, args)`` when x is one token it can take as is (``one_token_view``); else None.
+    The decode hot path: each torch-side step here is paid per layer and token, so the output is
+    reshaped on the numpy side before it becomes a tensor."""
+    if one is None:
+        return None
+    xn = one_token_view(x, in_features)
+    if xn is None:
+        return None
+    fn, args = one
+    return torch.from_numpy(fn(xn, *args).reshape(x.shape[:-1] + (out_features,)))
 
 
 def call_layout(x: torch.Tensor, in_features: int, out_features: int, blocks: tuple[np.ndarray, ...],

@@ -29,7 +29,7 @@ import torch
 from numba import prange
 
 from ..packing import unpack
-from ._common import (DENSE_MIN_TOKENS, all_row_blocks, call_layout, from_rows, jit, one_token_view,
+from ._common import (DENSE_MIN_TOKENS, all_row_blocks, call_layout, from_rows, jit, one_token_call,
                       prefetch_rows, to_numpy)
 
 DIMS = (2, 4, 8, 16)
@@ -296,10 +296,9 @@ class AdditiveKernel:
             self.one_token = (_DECODE[p.dim, False], (p.perm, p.cb, p.codes, p.tab, p.s, p.blocks[1]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        xn = one_token_view(x, self.in_features)
-        if xn is not None:
-            fn, args = self.one_token
-            return torch.from_numpy(fn(xn, *args)).view(*x.shape[:-1], self.out_features)
+        y = one_token_call(self.one_token, x, self.in_features, self.out_features)
+        if y is not None:
+            return y
         if x.numel() > DENSE_MIN_TOKENS * self.in_features:
             return self.dense(x.to(torch.float32))
         return additive_matmul(x, self.prepared)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..rotation import RHT, small_factor, sylvester
-from ._common import DENSE_MIN_TOKENS, as_rows, from_rows, jit, one_token_view
+from ._common import DENSE_MIN_TOKENS, as_rows, from_rows, jit, one_token_call
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,7 @@ class RotatedKernel:
             _rotated_single(one[0]), (v.signs, v.mix, v.hq, u.signs, u.mix, u.hq, *one[1]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        xn = None if self.one_token is None else one_token_view(x, self.in_features)
-        if xn is not None:
-            fn, args = self.one_token
-            return torch.from_numpy(fn(xn, *args)).view(*x.shape[:-1], self.out_features)
+        y = one_token_call(self.one_token, x, self.in_features, self.out_features)
+        if y is not None:
+            return y
         return rht_apply(self.inner(rht_apply(x, self.v)), self.u)

@@ -30,7 +30,7 @@ from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from ..packing import unpack
 from ._common import (DENSE_MIN_TOKENS, all_row_blocks, as_rows, call_layout, field_f32, from_rows,
-                      half_f32, jit, one_token_view, prefetch_rows, row_blocks)
+                      half_f32, jit, one_token_call, prefetch_rows, row_blocks)
 
 MAX_WORD_BITS = 9  # lattices' E8 codes are widened to b + 1 <= 9 bits (lvq/kernels/lattice.py)
 KIND_CODES, KIND_DENSE = 0, 1
@@ -345,11 +345,8 @@ class GroupedKernel:
         self.one_token = None if prepared.single is None else (_SINGLE[prepared.single[0]], prepared.single[1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        xn = None if self.one_token is None else one_token_view(x, self.in_features)
-        if xn is not None:
-            fn, args = self.one_token
-            return torch.from_numpy(fn(xn, *args)).view(*x.shape[:-1], self.out_features)
-        return grouped_matmul(x, self.prepared)
+        y = one_token_call(self.one_token, x, self.in_features, self.out_features)
+        return y if y is not None else grouped_matmul(x, self.prepared)
 
 
 def grouped_matmul(x: torch.Tensor, p: GroupedCodes, threads: int | None = None) -> torch.Tensor:
