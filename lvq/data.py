@@ -226,8 +226,7 @@ def chat_windows(tokenizer, text: str, n: int, seqlen: int, seed: int = 0) -> to
         ids: list[int] = []
         while len(ids) < seqlen:
             words = paras[order[k % len(order)]]
-            request = CHAT_REQUESTS[k % len(CHAT_REQUESTS)].format(head=" ".join(words[:CHAT_HEAD_WORDS]))
-            messages += [{"role": "user", "content": request},
+            messages += [_chat_request(words, k),
                          {"role": "assistant", "content": " ".join(words[CHAT_HEAD_WORDS:])}]
             ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
             k += 1
@@ -244,6 +243,13 @@ def _chat_paragraphs(text: str, seed: int) -> tuple[list[list[str]], list[int]]:
         raise LvqError("the calibration text has no paragraph long enough for chat windows "
                        f"({2 * CHAT_HEAD_WORDS} words or more)")
     return paras, torch.randperm(len(paras), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _chat_request(words: list[str], k: int) -> dict[str, str]:
+    """The user's turn k: request k (of ``CHAT_REQUESTS``, in turn) quoting a paragraph's first
+    ``CHAT_HEAD_WORDS`` words."""
+    return {"role": "user",
+            "content": CHAT_REQUESTS[k % len(CHAT_REQUESTS)].format(head=" ".join(words[:CHAT_HEAD_WORDS]))}
 
 
 def model_chat_windows(tokenizer, text: str, n: int, seqlen: int,
@@ -265,9 +271,7 @@ def model_chat_windows(tokenizer, text: str, n: int, seqlen: int,
     open_, k = list(range(n)), 0
     while open_:
         for i in open_:
-            words = paras[order[k % len(order)]]
-            convs[i].append({"role": "user", "content": CHAT_REQUESTS[k % len(CHAT_REQUESTS)].format(
-                head=" ".join(words[:CHAT_HEAD_WORDS]))})
+            convs[i].append(_chat_request(paras[order[k % len(order)]], k))
             k += 1
         for i, text_i in zip(open_, reply([convs[i] for i in open_])):
             convs[i].append({"role": "assistant", "content": text_i})

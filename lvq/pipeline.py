@@ -16,6 +16,7 @@ every linear; ``cancel`` (a threading.Event or a callable) is checked between li
 """
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,12 +110,11 @@ def _chat(model: nn.Module, tokenizer, text: str, cfg, calib: CalibConfig, progr
     thread so that they do not depend on the machine's thread count."""
     if cfg.e2e_chat_replies != "model":
         return chat_windows(tokenizer, text, cfg.e2e_chat, calib.seqlen, calib.seed)
-    turns = [0]
+    turns = itertools.count(1)
 
     def reply(conversations):
-        turns[0] += 1
         progress(0, total, f"the original model writes its replies in {len(conversations)} chat windows "
-                           f"(turn {turns[0]})")
+                           f"(turn {next(turns)})")
         with _one_thread():
             return greedy_replies(model, tokenizer, conversations, batch_size=calib.batch_size)
     return model_chat_windows(tokenizer, text, cfg.e2e_chat, calib.seqlen, reply, calib.seed)

@@ -88,13 +88,13 @@ class QuantizedLinear(nn.Module):
         return self._kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self._kernel  # prepared only in "packed" mode on the CPU (invalidate() clears it)
-        if kernel is not None and x.dtype is torch.float32 and not torch.is_grad_enabled() and x.is_cpu:
-            y = kernel(x)  # the decode hot path, checked first: it runs per layer and token
-            return y if self.bias is None else y + self.bias.to(y.dtype)
-        if self.mode == "packed" and x.is_cpu and not torch.is_grad_enabled():
-            kernel = self._prepared_kernel()
-            if kernel is not None:  # the decode hot path: no other torch op for fp32 inputs
+        # The decode hot path (per layer and token), checked first: a kernel exists only in
+        # "packed" mode on the CPU (prepared on first use; invalidate() clears it).
+        if x.is_cpu and not torch.is_grad_enabled():
+            kernel = self._kernel
+            if kernel is None and self.mode == "packed":
+                kernel = self._prepared_kernel()
+            if kernel is not None:
                 y = kernel(x) if x.dtype is torch.float32 else kernel(x.to(torch.float32)).to(x.dtype)
                 return y if self.bias is None else y + self.bias.to(y.dtype)
         if self.mode == "train":

@@ -128,7 +128,7 @@ def test_model_chat_windows_hold_the_models_own_replies(tiny_model_dir):
         return [f"reply {len(calls)} to {len(c) // 2}" for c in convs]
 
     W = model_chat_windows(tok, text, 3, 240, reply, seed=1)  # one exchange: ~180 tokens here
-    assert W.shape == (3, 240) and calls[0] == 3 and len(calls) >= 2
+    assert W.shape == (3, 240)
     assert calls == [3, 3] and all("assistant\nreply 1 to 0<|im_end|>" in tok.decode(w) for w in W)
     assert model_chat_windows(tok, text, 0, 240, reply) is None
 
